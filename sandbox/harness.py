@@ -1,0 +1,345 @@
+"""The evaluation harness: the program that runs *inside* the sandbox.
+
+    python -m sandbox.harness            # one request line on stdin, one response line on stdout
+
+It imports the trusted code first (simulator, loader, scenarios: a warm sandbox
+has paid that cost before the request arrives), then reads one
+``EvalRequest`` line, loads the candidate, runs the simulator for every
+(scenario, seed), checks that the results can be trusted, and writes one
+``EvalResponse`` line.
+
+The candidate shares this process, so the protocol channel is protected
+before any of its code runs: file descriptor 1 is duplicated to a private
+descriptor for the response and then pointed at ``/dev/null``, so whatever the
+policy prints goes nowhere. The process ends with ``os._exit`` so that
+``atexit`` hooks or threads a candidate left behind do not run or linger.
+
+Nothing here enforces a limit: the backend around the harness does (deadline,
+memory, pids, network, filesystem). The harness turns what it can observe into
+precise reasons: a ``PolicyFault`` from the simulator, a ``MemoryError``,
+tampering with ``time`` or with the simulator's modules, non-finite metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable
+from typing import Any
+
+from sandbox.protocol import (
+    MAX_REQUEST_BYTES,
+    EvalRequest,
+    EvalResponse,
+    ProtocolError,
+    Rejection,
+    ScenarioResult,
+    sha256_text,
+)
+
+_clock = time.perf_counter  # bound before any candidate code can rebind time.perf_counter
+_REASON_MAX = 400
+_DETAIL_MAX = 4000
+
+# Local scenarios for self-tests and smoke checks: tiny, quick, independent of the
+# scenario catalogue (which lives in ``sandbox.scenarios``).
+LOCAL_SCENARIOS: dict[str, Callable[[int], Any]] = {}
+
+
+def _tiny_scenario(seed: int, n: int = 300, rate: float = 20.0, name: str = "sandbox-tiny"):
+    import numpy as np
+
+    from sandbox.scenario import ClusterSpec, Scenario
+    from sandbox.workload import Workload
+    from serving.contract import Plan, ReplicaSpec
+
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
+    prompt = rng.integers(64, 1024, n).astype(np.int64)
+    output = rng.integers(16, 256, n).astype(np.int64)
+    workload = Workload(
+        arrival_s=arrivals - arrivals[0],
+        prompt_tokens=prompt,
+        output_tokens=output,
+        max_tokens=output + 16,
+        name=name,
+    )
+    cluster = ClusterSpec(
+        model="llama-3-8b",
+        gpus={"H100": 2},
+        plan=Plan((ReplicaSpec("H100"), ReplicaSpec("H100"))),
+    )
+    return Scenario(name=name, description=f"{n} requests at {rate}/s on 2 x H100", workload=workload, cluster=cluster)
+
+
+LOCAL_SCENARIOS["sandbox-tiny"] = _tiny_scenario
+LOCAL_SCENARIOS["sandbox-micro"] = lambda seed: _tiny_scenario(seed, n=60, name="sandbox-micro")
+
+
+def build(name: str, seed: int):
+    """A scenario by name: the catalogue's first, then the local ones."""
+    try:
+        from sandbox import scenarios as catalogue  # type: ignore[attr-defined]
+    except ImportError:
+        catalogue = None
+    if catalogue is not None and name in getattr(catalogue, "SCENARIO_NAMES", ()):
+        return catalogue.build_scenario(name, seed=seed)
+    if name in LOCAL_SCENARIOS:
+        return LOCAL_SCENARIOS[name](seed)
+    known = sorted(set(getattr(catalogue, "SCENARIO_NAMES", ())) | set(LOCAL_SCENARIOS))
+    raise KeyError(f"unknown scenario '{name}' (known: {', '.join(known)})")
+
+
+# --- tamper detection -------------------------------------------------------------
+
+_WATCHED_MODULES = ("builtins", "time", "random", "math", "json", "numpy")
+
+
+def _watched() -> list[types.ModuleType]:
+    mods = [sys.modules[m] for m in _WATCHED_MODULES if m in sys.modules]
+    mods += [
+        m
+        for name, m in list(sys.modules.items())
+        if isinstance(m, types.ModuleType) and name.split(".")[0] in ("serving", "sandbox")
+    ]
+    return mods
+
+
+def snapshot() -> dict[tuple[str, str], int]:
+    """Identity of every function and class (and class member) of the trusted modules.
+
+    Plain data globals are left out: a module may legitimately rebind a cache.
+    """
+    snap: dict[tuple[str, str], int] = {}
+    for mod in _watched():
+        mname = mod.__name__
+        for key, value in list(vars(mod).items()):
+            if callable(value) or isinstance(value, types.ModuleType):
+                snap[(mname, key)] = id(value)
+            if isinstance(value, type) and getattr(value, "__module__", None) == mname:
+                for ckey, cval in list(vars(value).items()):
+                    if callable(cval) or isinstance(cval, staticmethod | classmethod | property):
+                        snap[(mname, f"{key}.{ckey}")] = id(cval)
+    return snap
+
+
+def tampered(before: dict[tuple[str, str], int]) -> str | None:
+    after = snapshot()
+    for k, ident in before.items():
+        if after.get(k) != ident:
+            what = "replaced" if k in after else "deleted"
+            return f"policy tampered with trusted code: {k[0]}.{k[1]} was {what}"
+    return None
+
+
+# --- evaluation -------------------------------------------------------------------
+
+
+def _one_line(text: str, limit: int = _REASON_MAX) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))[-_DETAIL_MAX:]
+
+
+def _classify(exc: BaseException, what: str, req: EvalRequest) -> tuple[str, str]:
+    """(stage, reason) for an exception that escaped the policy or the simulator."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, MemoryError) or "MemoryError" in text:
+        return "limit", f"memory limit of {req.limits.memory_mb} MB exceeded ({what}: MemoryError)"
+    if isinstance(exc, SystemExit):
+        return "runtime", f"policy tried to exit the process ({what}: SystemExit {exc.code!r})"
+    if isinstance(exc, KeyboardInterrupt | GeneratorExit):
+        return "runtime", f"{what}: {type(exc).__name__}"
+    return "runtime", f"{what}: {_one_line(text)}"
+
+
+def _finite_summary(summary: dict[str, Any], stats: dict[str, Any]) -> str | None:
+    for label, d in (("metric", summary), ("decision stat", stats)):
+        for k, v in d.items():
+            if isinstance(v, bool):
+                continue
+            if not isinstance(v, int | float):
+                return f"{label} '{k}' is not a number ({type(v).__name__})"
+            if not math.isfinite(v):
+                return f"{label} '{k}' is {v} (non-finite)"
+    slo = summary.get("slo_attainment")
+    if slo is not None and not 0.0 <= slo <= 1.0:
+        return f"metric 'slo_attainment' = {slo} is outside [0, 1]"
+    for k in ("completed", "failed", "gpu_seconds", "makespan_s", "ttft_p50_s", "ttft_p99_s"):
+        if k in summary and summary[k] < 0:
+            return f"metric '{k}' = {summary[k]} is negative"
+    return None
+
+
+def evaluate(req: EvalRequest) -> EvalResponse:
+    """Evaluate ``req`` in this process; every failure becomes a rejection."""
+
+    def reject(stage: str, reason: str, **kw: Any) -> EvalResponse:
+        return EvalResponse.reject(req, stage, _one_line(reason), **kw)
+
+    if sha256_text(req.source) != req.source_sha256:
+        return reject("integrity", "source does not match its sha256 (corrupted in transit?)")
+    if req.static_checks:
+        from sandbox.static_checks import first_violation
+
+        bad = first_violation(req.source)
+        if bad:
+            return reject("static", bad)
+
+    from sandbox.simulator import PolicyFault, simulate
+    from serving.policy_loader import PolicyError, load_policy
+
+    # Build the scenarios before any candidate code runs: a bad name is the caller's error.
+    scenarios = {}
+    for name in dict.fromkeys(req.scenarios):
+        for seed in req.seeds:
+            try:
+                scenarios[(name, seed)] = build(name, seed)
+            except Exception as e:  # the catalogue's fault or the caller's, never the policy's
+                return reject("internal", f"cannot build scenario: {_one_line(str(e))}",
+                              scenario=name, seed=seed, detail=_tb(e))
+
+    before = snapshot()
+    results: list[ScenarioResult] = []
+    for (name, seed), scenario in scenarios.items():
+        where = {"scenario": name, "seed": seed}
+        random.seed(seed)
+        # A fresh load for every run: module globals are policy state, and a
+        # run must not depend on which runs came before it.
+        try:
+            policy = load_policy(req.source, name=req.name, params=req.params)
+        except PolicyError as e:
+            msg = str(e)
+            if "MemoryError" in msg:
+                return reject("limit", f"memory limit of {req.limits.memory_mb} MB exceeded "
+                              f"at import ({msg})", **where)
+            return reject("load", msg, **where)
+        except BaseException as e:  # SystemExit/KeyboardInterrupt raised at import
+            stage, reason = _classify(e, "at import", req)
+            return reject(stage, reason, detail=_tb(e), **where)
+        bad = tampered(before)
+        if bad:
+            return reject("integrity", bad, **where)
+
+        t0 = _clock()
+        try:
+            sim = simulate(scenario, policy, seed=seed, mode=req.mode)
+            summary = dict(sim.summary())
+            stats = dict(sim.decision_stats())
+        except PolicyFault as e:
+            reason = getattr(e, "reason", None) or str(e)
+            stage = "limit" if "MemoryError" in reason else "runtime"
+            return reject(stage, reason, detail=_tb(e), **where)
+        except RecursionError as e:
+            return reject("runtime", f"RecursionError: {_one_line(str(e))}", detail=_tb(e), **where)
+        except BaseException as e:
+            stage, reason = _classify(e, "during simulation", req)
+            return reject(stage, reason, detail=_tb(e), **where)
+        wall = _clock() - t0
+
+        bad = tampered(before)
+        if bad:
+            return reject("integrity", bad, **where)
+        stats = {k: v for k, v in stats.items() if isinstance(v, int | float)}
+        bad = _finite_summary(summary, stats)
+        if bad:
+            return reject("integrity", bad, **where)
+        results.append(
+            ScenarioResult(
+                scenario=name,
+                seed=seed,
+                summary={k: float(v) for k, v in summary.items()},
+                decision_stats={k: float(v) for k, v in stats.items()},
+                wall_s=wall,
+            )
+        )
+    return EvalResponse(key=req.key, results=tuple(results), nonce=req.nonce)
+
+
+# --- process entry point ----------------------------------------------------------
+
+
+def _protect_stdout() -> int:
+    """Move the protocol channel off fd 1; everything printed afterwards goes to /dev/null."""
+    sys.stdout.flush()
+    out_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+    return out_fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _preload() -> None:
+    """Import the trusted code before the request: a warm sandbox has already paid for it."""
+    import sandbox.simulator  # noqa: F401
+    import sandbox.static_checks  # noqa: F401
+    import serving.policy_loader  # noqa: F401
+
+    try:
+        import sandbox.scenarios  # noqa: F401
+    except ImportError:
+        pass
+
+
+def main() -> None:
+    out_fd = _protect_stdout()
+    exit_ = os._exit  # bound before the candidate can rebind os._exit
+    dumps = json.dumps
+    try:
+        _preload()
+        # Signal readiness (stderr, not the protocol channel): a warm pool can wait for it.
+        sys.stderr.write("autopoiesis-harness: ready\n")
+        sys.stderr.flush()
+        line = sys.stdin.buffer.readline(MAX_REQUEST_BYTES + 1)
+        if not line.strip():
+            exit_(3)  # nothing to do (a warm sandbox discarded unused)
+        try:
+            req = EvalRequest.from_json(line)
+        except ProtocolError as e:
+            resp = {"version": 1, "key": "", "ok": False, "results": [], "nonce": "",
+                    "rejection": {"stage": "internal", "reason": str(e)}}
+            _write_all(out_fd, (dumps(resp) + "\n").encode())
+            exit_(2)
+        try:
+            resp = evaluate(req)
+        except BaseException as e:  # the harness must answer whatever happened
+            stage, reason = _classify(e, "harness", req)
+            resp = EvalResponse.reject(req, stage, reason, detail=_tb(e))
+        try:
+            data = resp.to_json()
+        except ValueError as e:  # NaN slipped through: never let it out as a number
+            data = EvalResponse.reject(req, "integrity", f"unserialisable result: {e}").to_json()
+        _write_all(out_fd, (data + "\n").encode())
+    except BaseException:
+        try:
+            sys.stderr.write(traceback.format_exc()[-_DETAIL_MAX:])
+            sys.stderr.flush()
+        finally:
+            exit_(1)
+    exit_(0)
+
+
+def run_in_process(req: EvalRequest) -> EvalResponse:
+    """Evaluate without any isolation (trusted policies, and the overhead baseline)."""
+    return evaluate(req)
+
+
+if __name__ == "__main__":
+    main()

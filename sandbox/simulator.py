@@ -1,0 +1,601 @@
+"""Discrete-event simulator of a vLLM cluster behind a router that runs a policy.
+
+The fitness function of the whole system. Engines are ``serving.engine`` models
+in virtual time; the router keeps the same accounting as the live router
+(``serving.accounting``), refreshes engine snapshots every
+``snapshot_interval_s`` (so policies see stale metrics, as real routers do),
+holds requests in its queue when the policy says so or the plan's admission
+limit is reached, and calls ``reschedule`` every ``monitor_interval_s``.
+
+The policy's own decision time is measured with a clock bound at import (a
+policy that patches ``time`` cannot hide its cost) and charged to virtual time,
+multiplied by ``decision_time_factor``: the router is one server, so slow
+decisions delay every request behind them. A plan change pays the cold start
+of each replica it starts.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter as _clock
+from typing import Literal
+
+import numpy as np
+
+from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
+from sandbox.scenario import ClusterEvent, Scenario
+from serving.accounting import RouterAccounting
+from serving.capacity import saturation_rps
+from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request, WorkloadWindow
+from serving.engine import INF, Sequence, make_engine
+from serving.hardware import UnknownHardware, check_deployment, cold_start_s, kv_block_capacity
+from serving.policy_loader import LoadedPolicy
+from serving.steptime import step_time_model
+
+Mode = Literal["fast", "reference"]
+TP_DEGREES = (1, 2, 4, 8)
+
+# Event priorities at equal times: the cluster changes first, then replicas come
+# up, then requests arrive (so a step ending at that instant already sees them).
+_CLUSTER, _READY, _ARRIVAL, _DISPATCH, _ENGINE, _SNAPSHOT, _MONITOR, _HORIZON = range(8)
+
+
+class PolicyFault(Exception):
+    """The policy misbehaved; ``reason`` says how. Never a score."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class _Replica:
+    id: int
+    spec: ReplicaSpec
+    state: str  # pending | starting | serving | draining
+    kv_blocks: int
+    weight: float = 1.0
+    engine: object | None = None
+    pushed_epoch: int = -1
+    snap: tuple[int, int, int] = (0, 0, 0)
+    snap_at: float = 0.0
+
+    @property
+    def holds_gpus(self) -> bool:
+        return self.state in ("starting", "serving", "draining")
+
+
+class Simulation:
+    def __init__(
+        self,
+        scenario: Scenario,
+        policy: LoadedPolicy,
+        *,
+        seed: int = 0,
+        mode: Mode = "fast",
+        drain_timeout_s: float = 600.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.cluster = scenario.cluster
+        self.policy = policy
+        self.seed = seed
+        self.reference = mode == "reference"
+        self.progress = progress
+        w = scenario.workload
+        self.w = w
+        self.n = len(w)
+        self.horizon = (float(w.arrival_s[-1]) if self.n else 0.0) + drain_timeout_s
+        self.unit_blocks = max(1, w.prefix_block_tokens // self.cluster.engine.block_size)
+
+        self.ttft = np.full(self.n, np.nan)
+        self.tpot = np.full(self.n, np.nan)
+        self.e2e = np.full(self.n, np.nan)
+        self.queue = np.full(self.n, np.nan)
+        self.replica_of = np.full(self.n, -1, dtype=np.int64)
+        self.preempt = np.zeros(self.n, dtype=np.int64)
+        self.retries = np.zeros(self.n, dtype=np.int64)
+        self.status = np.full(self.n, STATUS_TIMEOUT, dtype=np.int8)
+        self.done = 0
+
+        self.events: list[tuple] = []
+        self._seq = 0
+        self.now = 0.0
+        self.pool: dict[str, int] = dict(self.cluster.gpus)
+        self.replicas: dict[int, _Replica] = {}
+        self._next_id = 0
+        self.accounting = RouterAccounting()
+        self.router_queue: deque[Request] = deque()
+        self.inflight: dict[int, tuple[int, Request]] = {}  # request -> (replica, request)
+        self.admission_limit: int | None = self.cluster.plan.admission_limit
+        self.router_free = 0.0
+        self.decisions = DecisionTimes()
+        self.replans = 0
+        self.engine_steps = 0
+        self.gpu_seconds = 0.0
+        self._gpu_clock = 0.0
+        self._reused_units: np.ndarray | None = None
+        self._specs = self._deployable_specs()
+
+    # -- set-up ------------------------------------------------------------------
+    def _deployable_specs(self) -> dict[ReplicaSpec, tuple[float, int]]:
+        """(cold start, KV blocks) of every spec the pool's GPU types can run."""
+        specs = {}
+        gpus = set(self.pool) | {s.gpu for s in self.cluster.plan.replicas}
+        gpus |= {e.gpu for e in self.scenario.events if e.gpu}
+        for gpu in sorted(gpus):
+            for tp in TP_DEGREES:
+                try:
+                    check_deployment(self.cluster.model, gpu, tp, profiled=True)
+                except UnknownHardware:
+                    continue
+                specs[ReplicaSpec(gpu, tp)] = self._spec_costs(gpu, tp)
+        return specs
+
+    def _spec_costs(self, gpu: str, tp: int) -> tuple[float, int]:
+        c = self.cluster
+        cold = c.cold_start_s if c.cold_start_s is not None else cold_start_s(c.model, gpu, tp)
+        kv = kv_block_capacity(
+            c.model, gpu, tp, c.engine.gpu_memory_utilization, c.engine.block_size
+        )
+        return cold, kv
+
+    def _push(self, t: float, prio: int, kind: str, payload: object = None) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, prio, self._seq, kind, payload))
+
+    # -- the run -------------------------------------------------------------------
+    def run(self) -> SimResult:
+        started = _clock()
+        random.seed(self.seed)
+        plan = self.cluster.plan
+        self._check_plan(plan)
+        for i, spec in enumerate(plan.replicas):
+            r = self._new_replica(spec, plan.weights[i] if plan.weights else 1.0)
+            self._bring_up(r, warm=True)
+        for ev in self.scenario.events:
+            self._push(ev.at_s, _CLUSTER, "cluster", ev)
+        self._push(self.cluster.snapshot_interval_s, _SNAPSHOT, "snapshot")
+        self._push(self.cluster.monitor_interval_s, _MONITOR, "monitor")
+        self._push(self.horizon, _HORIZON, "horizon")
+        arrivals = self.w.arrival_s
+        i = 0
+        handlers = {
+            "cluster": self._on_cluster,
+            "ready": self._on_ready,
+            "dispatch": self._on_dispatch,
+            "engine": self._on_engine,
+            "snapshot": self._on_snapshot,
+            "monitor": self._on_monitor,
+        }
+        while self.done < self.n:
+            top = self.events[0]
+            if i < self.n and (arrivals[i], _ARRIVAL) < (top[0], top[1]):
+                self.now = float(arrivals[i])
+                self._on_arrival(i)
+                i += 1
+                continue
+            t, _, _, kind, payload = heapq.heappop(self.events)
+            self.now = t
+            if kind == "horizon":
+                break
+            handlers[kind](payload)
+        self._account_gpus()
+        return SimResult(
+            scenario=self.scenario.name,
+            policy=self.policy.name,
+            arrival_s=np.asarray(arrivals, dtype=float),
+            ttft_s=self.ttft,
+            tpot_s=self.tpot,
+            e2e_s=self.e2e,
+            queue_s=self.queue,
+            replica=self.replica_of,
+            preemptions=self.preempt,
+            retries=self.retries,
+            status=self.status,
+            slo_ttft_s=self.scenario.slo.ttft_s,
+            slo_tpot_s=self.scenario.slo.tpot_s,
+            gpu_seconds=self.gpu_seconds,
+            end_s=self.now,
+            decisions=self.decisions,
+            replans=self.replans,
+            engine_steps=self.engine_steps,
+            wall_s=_clock() - started,
+        )
+
+    # -- replicas and GPUs -------------------------------------------------------------
+    def _new_replica(self, spec: ReplicaSpec, weight: float) -> _Replica:
+        _, kv = self._specs[spec]
+        r = _Replica(self._next_id, spec, "pending", kv, weight)
+        self._next_id += 1
+        self.replicas[r.id] = r
+        # The router remembers about as many prefix chunks as the replica can cache.
+        self.accounting.add_replica(r.id, kv // self.unit_blocks)
+        return r
+
+    def _free_gpus(self, gpu: str) -> int:
+        held = sum(r.spec.tp for r in self.replicas.values() if r.holds_gpus and r.spec.gpu == gpu)
+        return self.pool.get(gpu, 0) - held
+
+    def _account_gpus(self) -> None:
+        held = sum(r.spec.tp for r in self.replicas.values() if r.holds_gpus)
+        self.gpu_seconds += held * (self.now - self._gpu_clock)
+        self._gpu_clock = self.now
+
+    def _bring_up(self, r: _Replica, warm: bool = False) -> None:
+        self._account_gpus()
+        r.state = "starting"
+        cold, _ = self._specs[r.spec]
+        if warm:
+            self._on_ready(r.id)
+        else:
+            self._push(self.now + cold, _READY, "ready", r.id)
+
+    def _start_pending(self) -> None:
+        for r in list(self.replicas.values()):
+            if r.state == "pending" and self._free_gpus(r.spec.gpu) >= r.spec.tp:
+                self._bring_up(r)
+
+    def _on_ready(self, rid: int) -> None:
+        r = self.replicas.get(rid)
+        if r is None or r.state != "starting":
+            return
+        c = self.cluster
+        r.engine = make_engine(
+            c.engine,
+            step_time_model(c.model, r.spec.gpu, r.spec.tp),
+            r.kv_blocks,
+            reference=self.reference,
+        )
+        r.state = "serving"
+        r.snap, r.snap_at = (0, 0, 0), self.now
+        self._drain_queue()
+
+    def _retire(self, r: _Replica) -> None:
+        """Take a replica out; whatever it was serving goes back to the router queue."""
+        self._account_gpus()
+        lost = r.engine.abort() if r.engine is not None else []
+        del self.replicas[r.id]
+        self.accounting.remove_replica(r.id)
+        self._requeue(lost)
+        self._start_pending()
+
+    def _requeue(self, seqs: list[Sequence]) -> None:
+        for seq in sorted(seqs, key=lambda s: s.rid, reverse=True):
+            _, request = self.inflight.pop(seq.rid)
+            self.retries[seq.rid] += 1
+            self.router_queue.appendleft(request)
+
+    def _active(self) -> list[_Replica]:
+        return [r for r in self.replicas.values() if r.state != "draining"]
+
+    # -- cluster events --------------------------------------------------------------
+    def _on_cluster(self, ev: ClusterEvent) -> None:
+        if ev.kind == "add_gpus":
+            self.pool[ev.gpu] = self.pool.get(ev.gpu, 0) + ev.count
+            self._start_pending()
+        elif ev.kind == "remove_gpus":
+            self.pool[ev.gpu] = max(0, self.pool.get(ev.gpu, 0) - ev.count)
+            order = {"draining": 0, "starting": 1, "serving": 2}
+            victims = sorted(
+                (r for r in self.replicas.values() if r.holds_gpus and r.spec.gpu == ev.gpu),
+                key=lambda r: (order[r.state], -r.id),
+            )
+            for r in victims:
+                if self._free_gpus(ev.gpu) >= 0:
+                    break
+                self._retire(r)
+        elif ev.kind == "fail_replica":
+            active = self._active()
+            if 0 <= ev.replica < len(active):
+                r = active[ev.replica]
+                if r.engine is not None:
+                    self._account_gpus()
+                    self._requeue(r.engine.abort())
+                    r.engine = None
+                r.state = "pending"
+                self._bring_up(r)
+        self._drain_queue()
+
+    # -- requests ------------------------------------------------------------------
+    def _on_arrival(self, i: int) -> None:
+        w = self.w
+        self.router_queue.append(
+            Request(
+                id=i,
+                arrival=float(w.arrival_s[i]),
+                prompt_tokens=int(w.prompt_tokens[i]),
+                max_output_tokens=int(w.max_tokens[i]),
+                prefix_hashes=w.prefix_hashes[i] if w.prefix_hashes else (),
+                prefix_block_tokens=w.prefix_block_tokens,
+                session_id=w.session_ids[i] if w.session_ids else "",
+            )
+        )
+        self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        while self.router_queue:
+            if self.admission_limit is not None and len(self.inflight) >= self.admission_limit:
+                return
+            request = self.router_queue[0]
+            target = self._route(request)
+            if target is None:
+                return
+            self.router_queue.popleft()
+            self.inflight[request.id] = (target, request)
+            self.accounting.on_dispatch(target, request)
+            if self.router_free > self.now:
+                self._push(self.router_free, _DISPATCH, "dispatch", request.id)
+            else:
+                self._on_dispatch(request.id)
+
+    def _views(self, request: Request | None) -> tuple[ReplicaView, ...]:
+        now, acct = self.now, self.accounting
+        views = []
+        for r in self.replicas.values():
+            ledger = acct.ledger(r.id)
+            running, waiting, used = r.snap
+            views.append(
+                ReplicaView(
+                    r.id,
+                    r.spec.gpu,
+                    r.spec.tp,
+                    "starting" if r.state == "pending" else r.state,
+                    running,
+                    waiting,
+                    used,
+                    r.kv_blocks,
+                    ledger.inflight_requests,
+                    ledger.inflight_tokens,
+                    acct.prefix_overlap_blocks(r.id, request) if request is not None else 0,
+                    now - r.snap_at,
+                    r.weight,
+                )
+            )
+        return tuple(views)
+
+    def _route(self, request: Request) -> int | None:
+        views = self._views(request)
+        started = _clock()
+        try:
+            choice = self.policy.route(request, views, self.now)
+        except Exception as exc:  # the policy's own bug, reported as its fault
+            raise PolicyFault(f"route raised {type(exc).__name__}: {exc}") from exc
+        self._charge(_clock() - started, self.decisions.route)
+        if choice is None:
+            return None
+        if isinstance(choice, bool) or not isinstance(choice, int | np.integer):
+            raise PolicyFault(f"route returned {type(choice).__name__}, expected a replica id or HOLD")
+        r = self.replicas.get(int(choice))
+        if r is None or r.state != "serving":
+            ids = [v.id for v in views if v.state == "serving"]
+            what = "no such replica" if r is None else f"replica is {r.state}"
+            raise PolicyFault(f"route returned {choice!r} ({what}; serving ids: {ids})")
+        return r.id
+
+    def _charge(self, seconds: float, log: list[float]) -> None:
+        log.append(seconds)
+        charged = seconds * self.cluster.decision_time_factor
+        if charged > 0:
+            self.decisions.charged_s += charged
+            self.router_free = max(self.router_free, self.now) + charged
+
+    def _on_dispatch(self, rid: int) -> None:
+        entry = self.inflight.get(rid)
+        if entry is None:
+            return
+        target, request = entry
+        r = self.replicas.get(target)
+        if r is None or r.state not in ("serving", "draining") or r.engine is None:
+            # The replica went away while the router was deciding: try again.
+            self._requeue([Sequence(rid, 0, 0, 0.0)])
+            self.retries[rid] -= 1
+            self.retries[rid] += 1
+            return
+        seq = Sequence(
+            rid=rid,
+            prompt=request.prompt_tokens,
+            output=int(self.w.output_tokens[rid]),
+            arrival=request.arrival,
+            hashes=request.prefix_hashes,
+            unit_blocks=self.unit_blocks,
+        )
+        if not r.engine.fits(seq):
+            self._finish_request(rid, target)
+            self.status[rid] = STATUS_REJECTED
+            return
+        r.engine.enqueue(seq, self.now)
+        self._watch(r)
+
+    def _watch(self, r: _Replica) -> None:
+        engine = r.engine
+        if engine.step_end != INF and engine.epoch != r.pushed_epoch:
+            r.pushed_epoch = engine.epoch
+            self._push(engine.step_end, _ENGINE, "engine", (r.id, engine.epoch))
+
+    def _on_engine(self, payload: tuple[int, int]) -> None:
+        rid, epoch = payload
+        r = self.replicas.get(rid)
+        if r is None or r.engine is None or r.engine.epoch != epoch:
+            return
+        before = r.engine.steps
+        finished = r.engine.on_step_end(self.now)
+        self.engine_steps += r.engine.steps - before
+        for seq in finished:
+            i = seq.rid
+            self.ttft[i] = seq.first_token - seq.arrival
+            self.tpot[i] = seq.tpot
+            self.e2e[i] = seq.finish - seq.arrival
+            self.queue[i] = seq.first_scheduled - seq.arrival
+            self.preempt[i] += seq.preemptions
+            self.status[i] = STATUS_OK
+            self._finish_request(i, rid)
+        self._watch(r)
+        if r.state == "draining" and r.engine.idle and not r.engine.waiting:
+            self._retire(r)
+        if finished:
+            self._drain_queue()
+
+    def _finish_request(self, i: int, replica_id: int) -> None:
+        _, request = self.inflight.pop(i)
+        self.accounting.on_finish(replica_id, request)
+        self.replica_of[i] = replica_id
+        self.done += 1
+        if self.progress is not None and self.done % 1000 == 0:
+            self.progress(self.done, self.n)
+
+    # -- periodic work -------------------------------------------------------------
+    def _on_snapshot(self, _: object) -> None:
+        for r in self.replicas.values():
+            if r.engine is not None:
+                r.snap = r.engine.snapshot(self.now)
+                r.snap_at = self.now
+        self._push(self.now + self.cluster.snapshot_interval_s, _SNAPSHOT, "snapshot")
+        self._drain_queue()
+
+    def _on_monitor(self, _: object) -> None:
+        self._push(self.now + self.cluster.monitor_interval_s, _MONITOR, "monitor")
+        if self.policy.reschedule is None:
+            return
+        view = self._cluster_view()
+        started = _clock()
+        try:
+            plan = self.policy.reschedule(view, self.now)
+        except Exception as exc:
+            raise PolicyFault(f"reschedule raised {type(exc).__name__}: {exc}") from exc
+        self._charge(_clock() - started, self.decisions.reschedule)
+        if plan is not None:
+            self._apply(plan)
+
+    def _current_plan(self) -> Plan:
+        active = self._active()
+        return Plan(
+            tuple(r.spec for r in active),
+            tuple(r.weight for r in active),
+            self.admission_limit,
+        )
+
+    def _window(self) -> WorkloadWindow:
+        w, span = self.w, self.cluster.window_s
+        lo = int(np.searchsorted(w.arrival_s, self.now - span))
+        hi = int(np.searchsorted(w.arrival_s, self.now, side="right"))
+        n = hi - lo
+        if n < 2:
+            return WorkloadWindow(span, n, n / span, 0.0, 0, 0, 0, 0, 0, 0, 0.0)
+        prompt = np.percentile(w.prompt_tokens[lo:hi], (50, 90, 99))
+        output = np.percentile(w.max_tokens[lo:hi], (50, 90, 99))
+        gaps = np.diff(w.arrival_s[lo:hi])
+        cv = float(gaps.std() / gaps.mean()) if gaps.mean() > 0 else 0.0
+        return WorkloadWindow(
+            span, n, n / span, cv, *map(float, prompt), *map(float, output), self._reuse(lo, hi)
+        )
+
+    def _reuse(self, lo: int, hi: int) -> float:
+        """Fraction of prefix chunks in [lo, hi) the router had already seen."""
+        w = self.w
+        if not w.prefix_hashes:
+            return 0.0
+        if self._reused_units is None:
+            seen: set[int] = set()
+            reused = np.zeros(self.n, dtype=np.int64)
+            for i, hashes in enumerate(w.prefix_hashes):
+                reused[i] = sum(h in seen for h in hashes)
+                seen.update(hashes)
+            self._reused_units = reused
+            self._total_units = np.array([len(h) for h in w.prefix_hashes], dtype=np.int64)
+        total = int(self._total_units[lo:hi].sum())
+        return float(self._reused_units[lo:hi].sum() / total) if total else 0.0
+
+    def _cluster_view(self) -> ClusterView:
+        window = self._window()
+        c = self.cluster
+        capacity = {}
+        for spec, (_, kv) in self._specs.items():
+            steptime = step_time_model(c.model, spec.gpu, spec.tp)
+            capacity[spec] = saturation_rps(
+                steptime, kv, c.engine, window.input_p50 or 1.0, window.output_p50 or 1.0
+            )
+        return ClusterView(
+            window=window,
+            gpus_available=self.pool,
+            plan=self._current_plan(),
+            replicas=self._views(None),
+            queued=len(self.router_queue),
+            cold_start_s={spec: cold for spec, (cold, _) in self._specs.items()},
+            capacity_rps=capacity,
+            model=c.model,
+        )
+
+    # -- plans ---------------------------------------------------------------------
+    def _check_plan(self, plan: object) -> None:
+        if not isinstance(plan, Plan):
+            raise PolicyFault(f"reschedule returned {type(plan).__name__}, expected Plan or None")
+        if not isinstance(plan.replicas, tuple) or not all(
+            isinstance(s, ReplicaSpec) for s in plan.replicas
+        ):
+            raise PolicyFault("plan.replicas must be a tuple of ReplicaSpec")
+        for spec in plan.replicas:
+            if spec not in self._specs:
+                raise PolicyFault(
+                    f"plan asks for {spec.gpu} TP{spec.tp}, which cannot serve {self.cluster.model}"
+                    f" here (deployable: {sorted(f'{s.gpu}/tp{s.tp}' for s in self._specs)})"
+                )
+        for gpu, used in plan.gpus_by_type().items():
+            if used > self.pool.get(gpu, 0):
+                raise PolicyFault(
+                    f"plan needs {used} {gpu} GPUs but the pool has {self.pool.get(gpu, 0)}"
+                )
+        if plan.weights is not None:
+            if len(plan.weights) != len(plan.replicas):
+                raise PolicyFault("plan.weights must have one weight per replica")
+            if not all(isinstance(x, int | float) and math.isfinite(x) and x >= 0 for x in plan.weights):
+                raise PolicyFault("plan.weights must be finite and non-negative")
+        limit = plan.admission_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise PolicyFault(f"plan.admission_limit must be a positive int or None, not {limit!r}")
+
+    def _apply(self, plan: Plan) -> None:
+        self._check_plan(plan)
+        if plan == self._current_plan():
+            return
+        self.replans += 1
+        self.admission_limit = plan.admission_limit
+        unmatched = self._active()
+        for i, spec in enumerate(plan.replicas):
+            weight = plan.weights[i] if plan.weights else 1.0
+            keep = next((r for r in unmatched if r.spec == spec), None)
+            if keep is not None:
+                unmatched.remove(keep)
+                keep.weight = weight
+            else:
+                self._new_replica(spec, weight)
+        for r in unmatched:
+            if r.state in ("pending", "starting") or r.engine is None:
+                self._retire(r)
+            else:
+                r.state = "draining"
+                if r.engine.idle and not r.engine.waiting:
+                    self._retire(r)
+        self._start_pending()
+        self._drain_queue()
+
+
+def simulate(
+    scenario: Scenario,
+    policy: LoadedPolicy,
+    *,
+    seed: int = 0,
+    mode: Mode = "fast",
+    drain_timeout_s: float = 600.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimResult:
+    """Replay ``scenario`` under ``policy``; raises PolicyFault if the policy misbehaves."""
+    sim = Simulation(
+        scenario, policy, seed=seed, mode=mode, drain_timeout_s=drain_timeout_s, progress=progress
+    )
+    return sim.run()

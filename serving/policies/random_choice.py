@@ -1,0 +1,19 @@
+"""Random: each request goes to a uniformly random serving replica.
+
+Mirrors the ``random`` policy of the SGLang router (sgl-router/src/policies/
+random.rs) and Envoy's RANDOM load balancer: stateless, load-blind, and free of
+the herding that stale load metrics cause.
+"""
+
+import random
+
+from serving.contract import HOLD, Param, ReplicaView, Request
+
+PARAMS: dict[str, Param] = {}  # no constants to tune
+
+
+def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
+    serving = [r.id for r in replicas if r.state == "serving"]
+    if not serving:
+        return HOLD
+    return random.choice(serving)

@@ -1,0 +1,28 @@
+"""Shortest queue by engine metrics: fewest waiting requests, then fewest running.
+
+Mirrors the Gateway API Inference Extension's least-queue filter and queue scorer
+(vllm:num_requests_waiting) and metric-driven routers such as vllm-router's
+"(running, waiting)" load. Its metrics are ``snapshot_age`` seconds old and do
+not count what the router sent since, so bursts herd onto one replica: that
+failure mode is why it is a baseline.
+"""
+
+from serving.contract import HOLD, Param, ReplicaView, Request
+
+PARAMS: dict[str, Param] = {
+    # Weight of running sequences in the queue score (0: waiting only, as the
+    # GIE queue scorer; ties on waiting still go to fewer running).
+    "RUNNING_WEIGHT": Param(0.0, 2.0),
+}
+RUNNING_WEIGHT = 0.0
+
+
+def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
+    best = None
+    for r in replicas:
+        if r.state != "serving":
+            continue
+        key = (r.waiting + RUNNING_WEIGHT * r.running, r.running, r.id)
+        if best is None or key < best:
+            best = key
+    return HOLD if best is None else best[2]
