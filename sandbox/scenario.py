@@ -69,3 +69,31 @@ class Scenario:
     cluster: ClusterSpec
     events: tuple[ClusterEvent, ...] = ()
     slo: SLO = field(default_factory=SLO)
+
+
+def parse_cluster(text: str) -> ClusterSpec:
+    """``MODEL@COUNTxGPU[/tpK],...`` -> a warm plan on exactly that pool.
+
+    ``llama-3-8b@4xH100,2xA100`` is six single-GPU replicas;
+    ``llama-3-70b@2xH100/tp4`` is two replicas of four H100s each.
+    """
+    from serving.contract import ReplicaSpec
+    from serving.hardware import check_deployment
+
+    model, sep, rest = text.partition("@")
+    if not sep or not model or not rest:
+        raise ValueError(f"cluster spec {text!r}: expected MODEL@COUNTxGPU[/tpK],...")
+    replicas: list[ReplicaSpec] = []
+    pool: dict[str, int] = {}
+    for part in rest.split(","):
+        count, x, gpu_tp = part.strip().partition("x")
+        gpu, _, tp_text = gpu_tp.partition("/tp")
+        if not x or not count.isdigit() or not gpu or (tp_text and not tp_text.isdigit()):
+            raise ValueError(
+                f"cluster spec {text!r}: cannot read {part!r} (e.g. 4xH100 or 2xH100/tp4)"
+            )
+        tp = int(tp_text or 1)
+        check_deployment(model, gpu, tp, profiled=True)
+        replicas += [ReplicaSpec(gpu, tp)] * int(count)
+        pool[gpu] = pool.get(gpu, 0) + int(count) * tp
+    return ClusterSpec(model, pool, Plan(tuple(replicas)))

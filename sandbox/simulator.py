@@ -92,15 +92,22 @@ class Simulation:
         self.n = len(w)
         self.horizon = (float(w.arrival_s[-1]) if self.n else 0.0) + drain_timeout_s
         self.unit_blocks = max(1, w.prefix_block_tokens // self.cluster.engine.block_size)
+        # Plain lists: reading one element of a numpy array costs several times more.
+        self._arrival = w.arrival_s.tolist()
+        self._prompt = w.prompt_tokens.tolist()
+        self._output = w.output_tokens.tolist()
+        self._max_tokens = w.max_tokens.tolist()
 
-        self.ttft = np.full(self.n, np.nan)
-        self.tpot = np.full(self.n, np.nan)
-        self.e2e = np.full(self.n, np.nan)
-        self.queue = np.full(self.n, np.nan)
-        self.replica_of = np.full(self.n, -1, dtype=np.int64)
-        self.preempt = np.zeros(self.n, dtype=np.int64)
-        self.retries = np.zeros(self.n, dtype=np.int64)
-        self.status = np.full(self.n, STATUS_TIMEOUT, dtype=np.int8)
+        # Per-request results as lists (cheap to write one by one), arrays at the end.
+        nan = math.nan
+        self.ttft = [nan] * self.n
+        self.tpot = [nan] * self.n
+        self.e2e = [nan] * self.n
+        self.queue = [nan] * self.n
+        self.replica_of = [-1] * self.n
+        self.preempt = [0] * self.n
+        self.retries = [0] * self.n
+        self.status = [STATUS_TIMEOUT] * self.n
         self.done = 0
 
         self.events: list[tuple] = []
@@ -163,7 +170,7 @@ class Simulation:
         self._push(self.cluster.snapshot_interval_s, _SNAPSHOT, "snapshot")
         self._push(self.cluster.monitor_interval_s, _MONITOR, "monitor")
         self._push(self.horizon, _HORIZON, "horizon")
-        arrivals = self.w.arrival_s
+        arrivals, n = self._arrival, self.n
         i = 0
         handlers = {
             "cluster": self._on_cluster,
@@ -175,8 +182,8 @@ class Simulation:
         }
         while self.done < self.n:
             top = self.events[0]
-            if i < self.n and (arrivals[i], _ARRIVAL) < (top[0], top[1]):
-                self.now = float(arrivals[i])
+            if i < n and (arrivals[i] < top[0] or (arrivals[i] == top[0] and _ARRIVAL < top[1])):
+                self.now = arrivals[i]
                 self._on_arrival(i)
                 i += 1
                 continue
@@ -189,15 +196,15 @@ class Simulation:
         return SimResult(
             scenario=self.scenario.name,
             policy=self.policy.name,
-            arrival_s=np.asarray(arrivals, dtype=float),
-            ttft_s=self.ttft,
-            tpot_s=self.tpot,
-            e2e_s=self.e2e,
-            queue_s=self.queue,
-            replica=self.replica_of,
-            preemptions=self.preempt,
-            retries=self.retries,
-            status=self.status,
+            arrival_s=np.asarray(self.w.arrival_s, dtype=float),
+            ttft_s=np.array(self.ttft, dtype=float),
+            tpot_s=np.array(self.tpot, dtype=float),
+            e2e_s=np.array(self.e2e, dtype=float),
+            queue_s=np.array(self.queue, dtype=float),
+            replica=np.array(self.replica_of, dtype=np.int64),
+            preemptions=np.array(self.preempt, dtype=np.int64),
+            retries=np.array(self.retries, dtype=np.int64),
+            status=np.array(self.status, dtype=np.int8),
             slo_ttft_s=self.scenario.slo.ttft_s,
             slo_tpot_s=self.scenario.slo.tpot_s,
             gpu_seconds=self.gpu_seconds,
@@ -259,16 +266,18 @@ class Simulation:
     def _retire(self, r: _Replica) -> None:
         """Take a replica out; whatever it was serving goes back to the router queue."""
         self._account_gpus()
-        lost = r.engine.abort() if r.engine is not None else []
+        lost = [seq.rid for seq in r.engine.abort()] if r.engine is not None else []
+        self._requeue(lost)
         del self.replicas[r.id]
         self.accounting.remove_replica(r.id)
-        self._requeue(lost)
         self._start_pending()
 
-    def _requeue(self, seqs: list[Sequence]) -> None:
-        for seq in sorted(seqs, key=lambda s: s.rid, reverse=True):
-            _, request = self.inflight.pop(seq.rid)
-            self.retries[seq.rid] += 1
+    def _requeue(self, rids: list[int]) -> None:
+        """Requests lost with their replica go back to the front of the router queue."""
+        for rid in sorted(rids, reverse=True):
+            target, request = self.inflight.pop(rid)
+            self.accounting.on_finish(target, request)
+            self.retries[rid] += 1
             self.router_queue.appendleft(request)
 
     def _active(self) -> list[_Replica]:
@@ -296,7 +305,7 @@ class Simulation:
                 r = active[ev.replica]
                 if r.engine is not None:
                     self._account_gpus()
-                    self._requeue(r.engine.abort())
+                    self._requeue([seq.rid for seq in r.engine.abort()])
                     r.engine = None
                 r.state = "pending"
                 self._bring_up(r)
@@ -308,9 +317,9 @@ class Simulation:
         self.router_queue.append(
             Request(
                 id=i,
-                arrival=float(w.arrival_s[i]),
-                prompt_tokens=int(w.prompt_tokens[i]),
-                max_output_tokens=int(w.max_tokens[i]),
+                arrival=self._arrival[i],
+                prompt_tokens=self._prompt[i],
+                max_output_tokens=self._max_tokens[i],
                 prefix_hashes=w.prefix_hashes[i] if w.prefix_hashes else (),
                 prefix_block_tokens=w.prefix_block_tokens,
                 session_id=w.session_ids[i] if w.session_ids else "",
@@ -336,6 +345,7 @@ class Simulation:
 
     def _views(self, request: Request | None) -> tuple[ReplicaView, ...]:
         now, acct = self.now, self.accounting
+        with_prefix = request is not None and bool(request.prefix_hashes)
         views = []
         for r in self.replicas.values():
             ledger = acct.ledger(r.id)
@@ -352,7 +362,7 @@ class Simulation:
                     r.kv_blocks,
                     ledger.inflight_requests,
                     ledger.inflight_tokens,
-                    acct.prefix_overlap_blocks(r.id, request) if request is not None else 0,
+                    acct.prefix_overlap_blocks(r.id, request) if with_prefix else 0,
                     now - r.snap_at,
                     r.weight,
                 )
@@ -370,7 +380,9 @@ class Simulation:
         if choice is None:
             return None
         if isinstance(choice, bool) or not isinstance(choice, int | np.integer):
-            raise PolicyFault(f"route returned {type(choice).__name__}, expected a replica id or HOLD")
+            raise PolicyFault(
+                f"route returned {type(choice).__name__}, expected a replica id or HOLD"
+            )
         r = self.replicas.get(int(choice))
         if r is None or r.state != "serving":
             ids = [v.id for v in views if v.state == "serving"]
@@ -393,14 +405,12 @@ class Simulation:
         r = self.replicas.get(target)
         if r is None or r.state not in ("serving", "draining") or r.engine is None:
             # The replica went away while the router was deciding: try again.
-            self._requeue([Sequence(rid, 0, 0, 0.0)])
-            self.retries[rid] -= 1
-            self.retries[rid] += 1
+            self._requeue([rid])
             return
         seq = Sequence(
             rid=rid,
             prompt=request.prompt_tokens,
-            output=int(self.w.output_tokens[rid]),
+            output=self._output[rid],
             arrival=request.arrival,
             hashes=request.prefix_hashes,
             unit_blocks=self.unit_blocks,
@@ -553,10 +563,14 @@ class Simulation:
         if plan.weights is not None:
             if len(plan.weights) != len(plan.replicas):
                 raise PolicyFault("plan.weights must have one weight per replica")
-            if not all(isinstance(x, int | float) and math.isfinite(x) and x >= 0 for x in plan.weights):
+            if not all(
+                isinstance(x, int | float) and math.isfinite(x) and x >= 0 for x in plan.weights
+            ):
                 raise PolicyFault("plan.weights must be finite and non-negative")
         limit = plan.admission_limit
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
             raise PolicyFault(f"plan.admission_limit must be a positive int or None, not {limit!r}")
 
     def _apply(self, plan: Plan) -> None:

@@ -172,10 +172,22 @@ class _EngineCore:
         seq.entries = []
 
     def _admit(self, budget: int, now: float) -> tuple[list[tuple[Sequence, int]], int]:
-        """Admit waiting sequences FCFS; stop at the first that does not fit."""
+        """Admit waiting sequences FCFS; stop at the first that does not fit.
+
+        Sets ``admission_stable``: whether the refusal (if any) must hold until a
+        sequence finishes or is preempted. It holds when sequences are full, or
+        blocks are short and none of the head's cache hits could be evicted --
+        evicting one would shrink what the head must pin and might let it in.
+        """
         admitted: list[tuple[Sequence, int]] = []
         cache, bs = self.cache, self.bs
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        self.admission_stable = True
+        while self.waiting:
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            if budget <= 0:
+                self.admission_stable = False
+                break
             seq = self.waiting[0]
             unit_tokens = seq.unit_blocks * bs
             # At least the last token is recomputed, as vLLM does on a full hit.
@@ -184,7 +196,9 @@ class _EngineCore:
             new = min(seq.num_tokens - hit_tokens, budget)
             need = _ceil_div(hit_tokens + new, bs) - hit_units * seq.unit_blocks
             hits = seq.hashes[:hit_units]
-            if need > cache.available() - cache.evictable_among(hits):
+            pinned = cache.evictable_among(hits)
+            if need > cache.available() - pinned:
+                self.admission_stable = pinned == 0
                 break
             self.waiting.popleft()
             for h in hits:
@@ -311,6 +325,9 @@ class FastEngine(_EngineCore):
         self.ctx_base = 0  # sum over decoders of (c0 - g0)
         self.phase = [0] * self.bs  # decoders by (c0 - g0) mod block_size
         self.finishing: list[tuple[int, int, Sequence]] = []  # (finish_at, rid, seq)
+        self.prefilling: dict[Sequence, None] = {}
+        """Running sequences not yet decoding, in admission order: the only ones a
+        step must visit one by one."""
         self._prefill: list[tuple[Sequence, int]] = []
         self._span = 0
         self._span_ok = True
@@ -319,6 +336,7 @@ class FastEngine(_EngineCore):
     # -- aggregate decode bookkeeping -----------------------------------------
     def _add_decoder(self, seq: Sequence) -> None:
         seq.decoding = seq.aggregated = True
+        self.prefilling.pop(seq, None)
         seq.c0, seq.g0 = seq.computed, self.counter
         seq.finish_at = self.counter + seq.output - seq.generated
         self.n_dec += 1
@@ -376,9 +394,7 @@ class FastEngine(_EngineCore):
         fits = need <= self.cache.available()
         if fits:
             reserved = need
-            for seq in self.running:
-                if seq.aggregated:
-                    continue
+            for seq in self.prefilling:
                 if budget <= 0:
                     break
                 new = min(seq.num_tokens - seq.computed, budget)
@@ -396,8 +412,10 @@ class FastEngine(_EngineCore):
                 self.cache.take(extra)
                 seq.private_blocks += extra
             admitted, budget = self._admit(budget, now)
+            for seq, _ in admitted:
+                self.prefilling[seq] = None
             prefill += admitted
-            self._span_ok = True
+            self._span_ok = self.admission_stable
         else:
             prefill = self._schedule_with_preemption(now)
             # Admission was skipped because of the preemption, not refused: the
@@ -424,6 +442,7 @@ class FastEngine(_EngineCore):
                 self._add_decoder(seq)
             else:
                 prefill.append((seq, new))
+        self.prefilling = {seq: None for seq in self.running if not seq.aggregated}
         return prefill
 
     def _begin_span(self, now: float) -> None:
@@ -485,6 +504,7 @@ class FastEngine(_EngineCore):
         self.n_dec = self.ctx_base = self._span = 0
         self.phase = [0] * self.bs
         self.finishing.clear()
+        self.prefilling.clear()
         self._prefill = []
         return lost
 
@@ -514,6 +534,7 @@ class FastEngine(_EngineCore):
                 if seq.generated == seq.output:
                     seq.finish = now
                     del self.running[seq]
+                    del self.prefilling[seq]
                     self._free(seq)
                     finished.append(seq)
                 else:

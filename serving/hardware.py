@@ -131,13 +131,15 @@ def _kv_budget_bytes(
             f"tensor-parallel degree {tp} unsupported (use 1, 2, 4 or 8 GPUs of one node)"
         )
     if model.q_heads % tp:
-        raise UnknownHardware(f"{model.name} has {model.q_heads} query heads: TP {tp} cannot split them")
+        raise UnknownHardware(
+            f"{model.name} has {model.q_heads} query heads: TP {tp} cannot split them"
+        )
     weights = model.weight_bytes / tp
     budget = gpu.memory_bytes * gpu_memory_utilization - weights - reserve_bytes(model, tp)
     if budget <= 0:
         raise UnknownHardware(
-            f"{model.name} does not fit on {tp}x{gpu.name}: {weights / GIB:.1f} GiB of weights per GPU "
-            f"vs {gpu.memory_gib * gpu_memory_utilization:.1f} GiB usable; raise TP"
+            f"{model.name} does not fit on {tp}x{gpu.name}: {weights / GIB:.1f} GiB of weights "
+            f"per GPU vs {gpu.memory_gib * gpu_memory_utilization:.1f} GiB usable; raise TP"
         )
     return int(budget)
 

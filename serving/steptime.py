@@ -9,9 +9,10 @@ Whole-model step (seconds), with n = decode_batch + prefill_tokens tokens in the
 
 lin is a convex piecewise-linear function of n (memory-bound weight read flattening into
 compute-bound GEMMs), kd is the cost of reading one cached token's KV, kp the cost of one
-unit of causal prefill attention work, kpt the attention's per-prefill-token cost. All coefficients are non-negative, so a step never
-gets faster with more tokens. Fitting: `python -m serving.steptime fit` (see docs/steptime.md);
-the fit imports pandas lazily, the hot path is pure-Python float arithmetic over the JSON.
+unit of causal prefill attention work, kpt the attention's per-prefill-token cost. All
+coefficients are non-negative, so a step never gets faster with more tokens.
+Fitting: `python -m serving.steptime fit` (see docs/steptime.md); the fit imports pandas
+lazily, the hot path is pure-Python float arithmetic over serving/data/steptime.json.
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def load_rows(shared: Path | None = None) -> list[Row]:
                                     r.latency, lay))
             else:
                 tokens = r.batch_size * r.isl
-                if 16 <= r.isl and tokens <= MAX_PREFILL_TOKENS:
+                if r.isl >= 16 and tokens <= MAX_PREFILL_TOKENS:
                     work = r.batch_size * r.isl * r.isl / 2
                     rows.append(Row(AIC_A100_ATTN, key, "attn", 0, 0, 0, work, 0, r.latency, lay,
                                     float(tokens)))

@@ -1,0 +1,252 @@
+"""The ``autopoiesis`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Autopoiesis: LLM serving policies as living code.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks, each printed as a table and optionally saved as JSON.")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _write_json(path: Path | None, payload: object) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    console.print(f"wrote {path}")
+
+
+def _jsonable(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _load_policy(spec: str):
+    from serving.policy_loader import BUILTIN_POLICIES, builtin_policy, load_policy_file
+
+    if spec in BUILTIN_POLICIES:
+        return builtin_policy(spec)
+    return load_policy_file(spec)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+@app.command()
+def simulate(
+    policy: Annotated[str, typer.Option(help="Policy file, or a baseline's name.")],
+    scenario: Annotated[str | None, typer.Option(help="A named scenario.")] = None,
+    trace: Annotated[Path | None, typer.Option(help="Any supported trace file.")] = None,
+    cluster: Annotated[
+        str, typer.Option(help="With --trace: MODEL@COUNTxGPU[/tpK],... e.g. llama-3-8b@4xH100")
+    ] = "llama-3-8b@4xH100",
+    rate_scale: Annotated[
+        float, typer.Option(help="With --trace: multiply the arrival rate.")
+    ] = 1.0,
+    mode: Annotated[str, typer.Option(help="fast, or the token-by-token reference.")] = "fast",
+    seed: int = 0,
+    json_out: JsonOut = None,
+) -> None:
+    """Replay a scenario or a trace under one policy."""
+    from sandbox.scenarios import build_scenario
+
+    from sandbox.scenario import Scenario, parse_cluster
+    from sandbox.simulator import PolicyFault
+    from sandbox.simulator import simulate as run
+    from sandbox.traces import load_trace
+    from sandbox.transforms import scale_rate
+
+    if (scenario is None) == (trace is None):
+        _fail("give exactly one of --scenario or --trace")
+    if mode not in ("fast", "reference"):
+        _fail(f"--mode must be fast or reference, not {mode!r}")
+    try:
+        loaded = _load_policy(policy)
+        if scenario is not None:
+            sc = build_scenario(scenario, seed=seed)
+        else:
+            workload = scale_rate(load_trace(trace), rate_scale)
+            sc = Scenario(trace.name, f"replay of {trace}", workload, parse_cluster(cluster))
+        with _progress() as bar:
+            task = bar.add_task(f"{sc.name} / {loaded.name}", total=len(sc.workload))
+            result = run(
+                sc,
+                loaded,
+                seed=seed,
+                mode=mode,
+                progress=lambda done, _n: bar.update(task, completed=done),
+            )
+    except PolicyFault as fault:
+        _fail(f"policy fault: {fault.reason}")
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    summary = result.summary()
+    table = Table(title=f"{sc.name} under {loaded.name} ({mode})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, _fmt(value))
+    table.add_row("simulated requests/s of wall", _fmt(len(sc.workload) / result.wall_s))
+    console.print(table)
+    _write_json(
+        json_out,
+        {
+            "scenario": sc.name,
+            "policy": loaded.name,
+            "sha256": loaded.sha256,
+            "mode": mode,
+            "seed": seed,
+            "summary": summary,
+            "decisions": result.decision_stats(),
+            "wall_s": result.wall_s,
+        },
+    )
+
+
+@app.command()
+def scenarios() -> None:
+    """List the named scenarios."""
+    from sandbox.scenarios import SCENARIO_NAMES, build_scenario
+
+    table = Table(title="Scenarios")
+    for col in ("name", "requests", "seconds", "cluster", "description"):
+        table.add_column(col)
+    for name in SCENARIO_NAMES:
+        sc = build_scenario(name)
+        pool = ", ".join(f"{n}x{g}" for g, n in sc.cluster.gpus.items())
+        table.add_row(
+            name,
+            str(len(sc.workload)),
+            f"{sc.workload.duration_s:.0f}",
+            f"{sc.cluster.model} on {pool}",
+            sc.description,
+        )
+    console.print(table)
+
+
+@bench_app.command("baselines")
+def bench_baselines(
+    scenarios: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    policies: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    scale: Annotated[float, typer.Option(help="Shrink scenarios for a quick look.")] = 1.0,
+    seed: int = 0,
+    json_out: JsonOut = None,
+    plot: Annotated[Path | None, typer.Option(help="Save a heat map (PNG) here.")] = None,
+) -> None:
+    """Every baseline policy on every scenario; the best marked per scenario."""
+    from sandbox.scenarios import SCENARIO_NAMES
+
+    from sandbox.bench import TABLE_METRICS, plot_baselines
+    from sandbox.bench import bench_baselines as run
+    from serving.policy_loader import BUILTIN_POLICIES
+
+    scenario_list = scenarios.split(",") if scenarios else list(SCENARIO_NAMES)
+    policy_list = policies.split(",") if policies else list(BUILTIN_POLICIES)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("simulating", total=len(scenario_list) * len(policy_list))
+            table = run(
+                scenario_list,
+                policy_list,
+                seed=seed,
+                scale=scale,
+                on_result=lambda what: bar.update(task, advance=1, description=what),
+            )
+    except ValueError as exc:
+        _fail(str(exc))
+    grid = Table(title="SLO attainment (objective's main term); ★ = best objective per scenario")
+    grid.add_column("policy")
+    for name in scenario_list:
+        grid.add_column(name, justify="right")
+    for policy_name in policy_list:
+        cells = []
+        for name in scenario_list:
+            row = table[(table.policy == policy_name) & (table.scenario == name)].iloc[0]
+            cell = "fault" if row["fault"] else f"{row['slo_attainment']:.3f}"
+            cells.append(f"[bold green]{cell} ★[/]" if row["best"] else cell)
+        grid.add_row(policy_name, *cells)
+    console.print(grid)
+    console.print(f"simulated {len(table)} runs in {table['wall_s'].sum():.1f} s of wall time")
+    _write_json(
+        json_out,
+        {
+            "seed": seed,
+            "scale": scale,
+            "metrics": list(TABLE_METRICS),
+            "rows": table.to_dict(orient="records"),
+        },
+    )
+    if plot is not None:
+        console.print(f"wrote {plot_baselines(table, plot)}")
+
+
+@bench_app.command("simulator")
+def bench_simulator(json_out: JsonOut = None) -> None:
+    """Fast mode against the token-by-token reference on the standard scenario."""
+    from sandbox.bench import bench_simulator as run
+
+    with console.status("running both modes on the standard scenario (about a minute)"):
+        result = run()
+    table = Table(title=f"Simulator: {result['scenario']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            table.add_row(key, _fmt(value))
+    console.print(table)
+    _write_json(json_out, result)
+
+
+@bench_app.command("fidelity")
+def bench_fidelity(json_out: JsonOut = None, seed: int = 0) -> None:
+    """Step-time model against profile rows held out from its fit."""
+    from sandbox.fidelity import fidelity_report
+
+    try:
+        report = fidelity_report(seed=seed)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table(title="Step-time fidelity on held-out profile rows")
+    for col in ("source", "rows", "MAPE"):
+        table.add_column(col, justify="right" if col != "source" else "left")
+    for name, figures in report["sources"].items():
+        table.add_row(name, str(figures["rows"]), f"{figures['mape']:.2%}")
+    table.add_row("[bold]overall[/]", str(report["rows"]), f"[bold]{report['mape']:.2%}[/]")
+    console.print(table)
+    _write_json(json_out, report)
+
+
+def main() -> None:
+    app()

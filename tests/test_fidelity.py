@@ -1,0 +1,35 @@
+"""Fidelity benchmark (sandbox/fidelity.py): held-out error of the refitted step-time model."""
+
+import pytest
+
+from serving.steptime import shared_dir
+
+pytestmark = pytest.mark.skipif(
+    not (shared_dir() / "profiles").is_dir(), reason="needs shared/profiles"
+)
+
+
+def test_fidelity_within_five_percent():
+    from sandbox.fidelity import fidelity_report
+
+    rep = fidelity_report(seed=0)
+    assert rep["mape"] <= 0.05
+    assert rep["rows"] == sum(s["rows"] for s in rep["sources"].values())
+    assert set(rep["sources"]) == {
+        "h100-layer-measured", "h200-layer-measured", "vidur-a100-mlp",
+        "aiconfigurator-a100-attention",
+    }
+    for name, src in rep["sources"].items():
+        assert src["mape"] <= 0.05, name
+        assert src["rows"] > 0
+
+
+def test_split_is_deterministic_and_disjoint():
+    from sandbox.fidelity import split_rows
+    from serving.steptime import load_rows
+
+    rows = load_rows()
+    tr, te = split_rows(rows, seed=3, holdout=0.2)
+    assert len(tr) + len(te) == len(rows)
+    assert set(map(id, tr)).isdisjoint(map(id, te))
+    assert split_rows(rows, seed=3, holdout=0.2)[1] == te
