@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,8 @@ from rich.table import Table
 app = typer.Typer(help="Autopoiesis: LLM serving policies as living code.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks, each printed as a table and optionally saved as JSON.")
 app.add_typer(bench_app, name="bench")
-console = Console()
+# Piped output (CI logs, files) gets room for the wide benchmark tables.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
 
@@ -80,9 +82,8 @@ def simulate(
     json_out: JsonOut = None,
 ) -> None:
     """Replay a scenario or a trace under one policy."""
-    from sandbox.scenarios import build_scenario
-
     from sandbox.scenario import Scenario, parse_cluster
+    from sandbox.scenarios import build_scenario
     from sandbox.simulator import PolicyFault
     from sandbox.simulator import simulate as run
     from sandbox.traces import load_trace
@@ -166,10 +167,9 @@ def bench_baselines(
     plot: Annotated[Path | None, typer.Option(help="Save a heat map (PNG) here.")] = None,
 ) -> None:
     """Every baseline policy on every scenario; the best marked per scenario."""
-    from sandbox.scenarios import SCENARIO_NAMES
-
     from sandbox.bench import TABLE_METRICS, plot_baselines
     from sandbox.bench import bench_baselines as run
+    from sandbox.scenarios import SCENARIO_NAMES
     from serving.policy_loader import BUILTIN_POLICIES
 
     scenario_list = scenarios.split(",") if scenarios else list(SCENARIO_NAMES)
