@@ -64,8 +64,9 @@ def test_fast_and_reference_modes_agree_through_the_router(name):
 
 def test_removed_gpu_stops_its_replica_and_its_requests_are_retried():
     events = [ClusterEvent(5.0, "remove_gpus", gpu="H100", count=1)]
-    result = simulate(scenario(synthetic(800, rate=40.0), events=events),
-                      builtin_policy("round_robin"))
+    result = simulate(
+        scenario(synthetic(800, rate=40.0), events=events), builtin_policy("round_robin")
+    )
     late = result.arrival_s > 5.0
     # Replica 1 (the newest) lost its GPU: nothing that arrives later runs there.
     assert set(result.replica[late]) == {0}
@@ -76,7 +77,9 @@ def test_removed_gpu_stops_its_replica_and_its_requests_are_retried():
 def test_failed_replica_restarts_after_its_cold_start():
     spec = cluster(2, cold_start_s=10.0)
     events = [ClusterEvent(3.0, "fail_replica", replica=0)]
-    result = simulate(scenario(synthetic(800, rate=40.0), spec, events), builtin_policy("round_robin"))
+    result = simulate(
+        scenario(synthetic(800, rate=40.0), spec, events), builtin_policy("round_robin")
+    )
     window = (result.arrival_s > 3.5) & (result.arrival_s < 12.0)
     assert set(result.replica[window]) == {1}
     assert 0 in set(result.replica[result.arrival_s > 14.0])
@@ -84,11 +87,18 @@ def test_failed_replica_restarts_after_its_cold_start():
 
 
 def test_autoscaler_uses_gpus_that_arrive():
-    spec = ClusterSpec("llama-3-8b", {"H100": 1}, Plan((ReplicaSpec("H100"),)),
-                       monitor_interval_s=2.0, cold_start_s=5.0, decision_time_factor=0.0)
+    spec = ClusterSpec(
+        "llama-3-8b",
+        {"H100": 1},
+        Plan((ReplicaSpec("H100"),)),
+        monitor_interval_s=2.0,
+        cold_start_s=5.0,
+        decision_time_factor=0.0,
+    )
     events = [ClusterEvent(1.0, "add_gpus", gpu="H100", count=3)]
-    result = simulate(scenario(synthetic(3000, rate=60.0), spec, events),
-                      builtin_policy("threshold_autoscaler"))
+    result = simulate(
+        scenario(synthetic(3000, rate=60.0), spec, events), builtin_policy("threshold_autoscaler")
+    )
     assert result.replans >= 1
     assert len(set(result.replica)) > 1
     assert result.gpu_seconds > result.end_s  # more than one GPU held part of the time
@@ -188,8 +198,7 @@ def test_parse_cluster_spec():
 
 
 def test_request_larger_than_the_kv_cache_is_rejected_not_stuck():
-    w = Workload(np.array([0.0, 0.1]), np.array([100, 500_000]), np.array([5, 5]),
-                 np.array([5, 5]))
+    w = Workload(np.array([0.0, 0.1]), np.array([100, 500_000]), np.array([5, 5]), np.array([5, 5]))
     sc = Scenario("big", "", w, cluster(1, engine=EngineConfig()))
     result = simulate(sc, builtin_policy("round_robin"))
     assert list(result.requests_frame()["status"]) == ["ok", "rejected"]
