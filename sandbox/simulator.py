@@ -29,7 +29,7 @@ import numpy as np
 
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
 from sandbox.scenario import ClusterEvent, Scenario
-from serving.accounting import RouterAccounting
+from serving.accounting import ReplicaLedger, RouterAccounting
 from serving.capacity import saturation_rps
 from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request, WorkloadWindow
 from serving.engine import INF, Sequence, make_engine
@@ -64,6 +64,7 @@ class _Replica:
     pushed_epoch: int = -1
     snap: tuple[int, int, int] = (0, 0, 0)
     snap_at: float = 0.0
+    ledger: ReplicaLedger | None = None
 
     @property
     def holds_gpus(self) -> bool:
@@ -182,7 +183,7 @@ class Simulation:
         }
         while self.done < self.n:
             top = self.events[0]
-            if i < n and (arrivals[i] < top[0] or (arrivals[i] == top[0] and _ARRIVAL < top[1])):
+            if i < n and (arrivals[i] < top[0] or (arrivals[i] == top[0] and top[1] > _ARRIVAL)):
                 self.now = arrivals[i]
                 self._on_arrival(i)
                 i += 1
@@ -223,6 +224,7 @@ class Simulation:
         self.replicas[r.id] = r
         # The router remembers about as many prefix chunks as the replica can cache.
         self.accounting.add_replica(r.id, kv // self.unit_blocks)
+        r.ledger = self.accounting.ledger(r.id)
         return r
 
     def _free_gpus(self, gpu: str) -> int:
@@ -348,7 +350,7 @@ class Simulation:
         with_prefix = request is not None and bool(request.prefix_hashes)
         views = []
         for r in self.replicas.values():
-            ledger = acct.ledger(r.id)
+            ledger = r.ledger
             running, waiting, used = r.snap
             views.append(
                 ReplicaView(

@@ -179,9 +179,11 @@ class _EngineCore:
         blocks are short and none of the head's cache hits could be evicted --
         evicting one would shrink what the head must pin and might let it in.
         """
+        self.admission_stable = True
+        if not self.waiting:
+            return [], budget
         admitted: list[tuple[Sequence, int]] = []
         cache, bs = self.cache, self.bs
-        self.admission_stable = True
         while self.waiting:
             if len(self.running) >= self.config.max_num_seqs:
                 break
@@ -263,6 +265,9 @@ class ReferenceEngine(_EngineCore):
     def __init__(self, config: EngineConfig, steptime: StepTime, kv_blocks: int) -> None:
         super().__init__(config, steptime, kv_blocks, record_tokens=True)
         self._batch: list[tuple[Sequence, int]] = []
+        self.emitted: list[Sequence] = []
+        """Sequences that received a token in the last ``on_step_end`` (finished ones
+        included), in batch order: the simulated engine server streams exactly these."""
 
     def snapshot(self, now: float) -> tuple[int, int, int]:
         return len(self.running), len(self.waiting), self.cache.used
@@ -290,10 +295,12 @@ class ReferenceEngine(_EngineCore):
 
     def on_step_end(self, now: float) -> list[Sequence]:
         finished = []
+        emitted = self.emitted = []
         for seq, new in self._batch:
             seq.computed += new
             self._publish(seq)
             if seq.computed == seq.num_tokens:
+                emitted.append(seq)
                 seq.generated += 1
                 seq.decoding = True
                 seq.token_times.append(now)
