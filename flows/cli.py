@@ -213,17 +213,20 @@ def bench_baselines(
 
 
 @bench_app.command("simulator")
-def bench_simulator(json_out: JsonOut = None) -> None:
+def bench_simulator(
+    json_out: JsonOut = None,
+    repeats: Annotated[int, typer.Option(help="Alternating runs of each mode.")] = 3,
+) -> None:
     """Fast mode against the token-by-token reference on the standard scenario."""
     from sandbox.bench import bench_simulator as run
 
-    with console.status("running both modes on the standard scenario (about a minute)"):
-        result = run()
+    with console.status(f"running both modes {repeats}x on the standard scenario"):
+        result = run(repeats=repeats)
     table = Table(title=f"Simulator: {result['scenario']}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in result.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, dict | list):
             table.add_row(key, _fmt(value))
     console.print(table)
     _write_json(json_out, result)
