@@ -253,3 +253,8 @@ def bench_fidelity(json_out: JsonOut = None, seed: int = 0) -> None:
 
 def main() -> None:
     app()
+
+
+from flows.cli_serving import register as _register_serving  # noqa: E402
+
+_register_serving(app, bench_app)

@@ -1,0 +1,225 @@
+"""Router benchmark: added TTFT over direct-to-engine, at several rates, plus policy swaps.
+
+One run starts two fast fake engines (``serving.engine_server --fake-itl-s``),
+our router as its own process, and -- when a ``vllm-router`` executable is
+found (``make bench-env`` installs the PyPI package into ``.venv-bench``) -- the
+Rust ``vllm-router`` in front of the same engines. At each rate the same
+Poisson schedule is sent, streaming, directly to the engines (alternating) and
+through each router; the added TTFT is the router's percentile minus the direct
+one. Then, at ``swap_rate``, a policy swap is made through the admin API every
+second while the load runs: every request must succeed, and each swap's
+load-and-swap time is recorded. The load generator runs in this process; all
+servers are separate processes on loopback ports, stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from serving.fleet import free_port, wait_healthy
+from serving.loadgen import percentile, poisson_shots, run_load, summarize
+from serving.policy_loader import builtin_source
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class BenchConfig:
+    rates: Sequence[float] = (50, 100, 200, 500, 1000)
+    duration_s: float = 5.0
+    output_tokens: int = 16
+    prompt_tokens: int = 64
+    fake_itl_s: float = 0.001
+    swap_rate: float = 200.0
+    swap_duration_s: float = 6.0
+    policy: str = "least_outstanding"
+    rust_router: str | None = "auto"
+    """Path of a ``vllm-router`` executable, ``auto`` to look for one, None to skip."""
+    seed: int = 0
+
+
+@dataclass
+class Proc:
+    name: str
+    url: str
+    popen: subprocess.Popen
+    extra: dict = field(default_factory=dict)
+
+
+def find_rust_router() -> str | None:
+    for cand in (REPO / ".venv-bench" / "bin" / "vllm-router", shutil.which("vllm-router")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    return None
+
+
+def _spawn(name: str, cmd: list[str], url: str) -> Proc:
+    popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=REPO,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return Proc(name, url, popen)
+
+
+def _stop(procs: Sequence[Proc]) -> None:
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.terminate()
+    for p in procs:
+        try:
+            p.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.popen.kill()
+            p.popen.wait()
+
+
+async def _start_all(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list[Proc], dict]:
+    procs: list[Proc] = []
+    engines = []
+    for _ in range(2):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        engines.append(_spawn("engine", [
+            sys.executable, "-m", "serving.engine_server", "--port", str(port),
+            "--fake-itl-s", str(cfg.fake_itl_s), "--fake-ttft-s", "0"], url))
+    procs += engines
+    for e in engines:
+        if not await wait_healthy(e.url, 30, e.popen):
+            raise RuntimeError("fake engine did not start")
+    port, admin_port = free_port(), free_port()
+    token = "bench-" + hashlib.sha256(os.urandom(16)).hexdigest()[:16]
+    ours = _spawn("autopoiesis", [
+        sys.executable, "-m", "serving.serve", "--port", str(port), "--admin-port",
+        str(admin_port), "--admin-token", token, "--policy", cfg.policy, "--no-reschedule",
+        *[a for e in engines for a in ("--engine-url", e.url)]], f"http://127.0.0.1:{port}")
+    ours.extra = {"admin": f"http://127.0.0.1:{admin_port}", "token": token}
+    procs.append(ours)
+    targets = {"direct": [e.url for e in engines], "autopoiesis": ours.url}
+    if not await wait_healthy(ours.url, 30, ours.popen):
+        raise RuntimeError("router did not start")
+    rust = find_rust_router() if cfg.rust_router == "auto" else cfg.rust_router
+    if rust:
+        port = free_port()
+        prom_port = free_port()
+        rr = _spawn("vllm-router", [
+            rust, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin",
+            "--prometheus-port", str(prom_port), "--prometheus-host", "127.0.0.1",
+            "--log-level", "error", "--worker-urls", *[e.url for e in engines]],
+            f"http://127.0.0.1:{port}")
+        procs.append(rr)
+        if await wait_healthy(rr.url, 60, rr.popen):
+            targets["vllm-router"] = rr.url
+        else:
+            log(f"vllm-router at {rust} did not become healthy; skipped")
+    else:
+        log("no vllm-router executable found (run `make bench-env`); Rust comparison skipped")
+    return procs, {"targets": targets, "ours": ours}
+
+
+async def _swap_under_load(cfg: BenchConfig, ours: Proc) -> dict:
+    shots = poisson_shots(cfg.swap_rate, cfg.swap_duration_s, prompt_tokens=cfg.prompt_tokens,
+                          max_tokens=cfg.output_tokens, seed=cfg.seed + 99)
+    sources = [builtin_source(n) for n in ("round_robin", cfg.policy)]
+    swap_ms: list[float] = []
+    server_ms: list[float] = []
+    swap_errors = 0
+
+    async def swapper() -> None:
+        nonlocal swap_errors
+        headers = {"Authorization": f"Bearer {ours.extra['token']}"}
+        async with aiohttp.ClientSession() as s:
+            i = 0
+            t_end = time.monotonic() + cfg.swap_duration_s
+            while time.monotonic() < t_end - 0.5:
+                await asyncio.sleep(1.0)
+                src = sources[i % 2]
+                t0 = time.perf_counter()
+                async with s.post(f"{ours.extra['admin']}/admin/policy", headers=headers, json={
+                        "source": src, "sha256": hashlib.sha256(src.encode()).hexdigest(),
+                        "version": f"bench-{i}"}) as resp:
+                    body = await resp.json()
+                swap_ms.append((time.perf_counter() - t0) * 1000)
+                if resp.status == 200:
+                    server_ms.append(body["swap_ms"])
+                else:
+                    swap_errors += 1
+                i += 1
+
+    (results, _), _ = await asyncio.gather(run_load(ours.url, shots), swapper())
+    return {"rate": cfg.swap_rate, "swaps": len(server_ms), "swap_errors": swap_errors,
+            "requests": len(results), "failed_requests": sum(not r.ok for r in results),
+            "max_swap_ms": max(swap_ms, default=math.nan),
+            "max_swap_server_ms": max(server_ms, default=math.nan),
+            "p50_swap_ms": percentile(swap_ms, 50)}
+
+
+async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    procs, info = await _start_all(cfg, log)
+    targets: dict = info["targets"]
+    out: dict = {"rates": list(cfg.rates), "targets": list(targets), "per_rate": [],
+                 "config": {"duration_s": cfg.duration_s, "output_tokens": cfg.output_tokens,
+                            "prompt_tokens": cfg.prompt_tokens, "fake_itl_s": cfg.fake_itl_s,
+                            "policy": cfg.policy, "cpus": os.cpu_count()}}
+    try:
+        # Warm connections and code paths before measuring.
+        for url in targets.values():
+            await run_load(url, poisson_shots(50, 1.0, max_tokens=cfg.output_tokens, seed=7))
+        for rate in cfg.rates:
+            shots = poisson_shots(rate, cfg.duration_s, prompt_tokens=cfg.prompt_tokens,
+                                  max_tokens=cfg.output_tokens, seed=cfg.seed + int(rate))
+            row: dict = {"rate": rate}
+            for name, url in targets.items():
+                results, wall = await run_load(url, shots)
+                s = summarize(results, wall)
+                row[name] = {"ttft_p50_ms": s.ttft_ms["p50"], "ttft_p99_ms": s.ttft_ms["p99"],
+                             "failed": s.failed, "requests": s.requests,
+                             "max_send_lag_ms": s.max_send_lag_ms, "errors": s.errors}
+                log(f"rate {rate:>6} {name:<12} ttft p50 {s.ttft_ms['p50']:7.2f} ms  "
+                    f"p99 {s.ttft_ms['p99']:7.2f} ms  failed {s.failed}/{s.requests}")
+                await asyncio.sleep(0.5)
+            out["per_rate"].append(row)
+        for name in targets:
+            if name == "direct":
+                continue
+            added50, added99, fails = [], [], []
+            for row in out["per_rate"]:
+                d, r = row["direct"], row[name]
+                added50.append(r["ttft_p50_ms"] - d["ttft_p50_ms"])
+                added99.append(r["ttft_p99_ms"] - d["ttft_p99_ms"])
+                fails.append(r["failed"])
+            best = None
+            for rate, a99, f, row in zip(cfg.rates, added99, fails, out["per_rate"], strict=True):
+                if f < 0.01 * row[name]["requests"] and a99 <= 10.0:
+                    best = rate
+            entry = {"added_ttft_p50_ms": added50, "added_ttft_p99_ms": added99,
+                     "failures": fails, "max_rate_no_failures": best}
+            if name == "autopoiesis":
+                out.update(entry)
+            else:
+                out[name.replace("-", "_")] = entry
+        out["swap"] = await _swap_under_load(cfg, info["ours"])
+        log(f"swap: {out['swap']}")
+    finally:
+        _stop(procs)
+    return out
+
+
+def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    from serving.engine_server import _install_uvloop
+
+    _install_uvloop()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_bench(cfg, log))
+    raise SystemExit(130)
