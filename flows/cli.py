@@ -251,6 +251,94 @@ def bench_fidelity(json_out: JsonOut = None, seed: int = 0) -> None:
     _write_json(json_out, report)
 
 
+sandbox_app = typer.Typer(help="The evaluation sandbox for untrusted, LLM-written policies.")
+app.add_typer(sandbox_app, name="sandbox")
+Backend = Annotated[
+    str, typer.Option(help="docker, process (bubblewrap), or auto (docker when it answers).")
+]
+
+
+@sandbox_app.command("selftest")
+def sandbox_selftest(backend: Backend = "auto", json_out: JsonOut = None) -> None:
+    """Run the hostile-candidate suite; every case must end contained."""
+    from sandbox.backends import SandboxUnavailable
+    from sandbox.selftest import run_selftest
+
+    try:
+        with console.status(f"running the hostile suite on the {backend} backend"):
+            report = run_selftest(backend)
+    except SandboxUnavailable as exc:
+        _fail(str(exc))
+    console.print(f"isolation: {report['isolation']}", highlight=False)
+    table = Table(title=f"Sandbox self-test ({report['backend']})")
+    for col in ("case", "static checks", "ended as", "contained"):
+        table.add_column(col)
+    for o in report["outcomes"]:
+        table.add_row(
+            o["case"],
+            "on" if o["static_checks"] else "off",
+            f"{o['stage']}: {o['reason']}"[:90],
+            "yes" if o["contained"] else f"[red]NO[/] {'; '.join(o['problems'])}",
+        )
+    console.print(table)
+    console.print(
+        f"contained {report['contained']}/{report['cases']}; sandbox overhead per "
+        f"evaluation {report['mean_overhead_s']:.3f} s warm, "
+        f"{report['cold_overhead_s']:.3f} s cold"
+    )
+    _write_json(json_out, report)
+    if report["contained"] != report["cases"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    policy: Annotated[Path, typer.Option(help="The candidate policy file.")],
+    scenarios: Annotated[str, typer.Option(help="Comma-separated scenario names.")],
+    backend: Backend = "auto",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
+    scale: Annotated[float, typer.Option(help="Shrink scenarios for a quick look.")] = 1.0,
+    json_out: JsonOut = None,
+) -> None:
+    """Score one policy file inside the sandbox."""
+    from sandbox.backends import SandboxUnavailable
+    from sandbox.selftest import evaluate as run
+
+    try:
+        report = run(
+            policy,
+            scenarios.split(","),
+            backend,
+            seeds=tuple(int(s) for s in seeds.split(",")),
+            scale=scale,
+        )
+    except (SandboxUnavailable, OSError, ValueError) as exc:
+        _fail(str(exc))
+    if report.get("rejection"):
+        rejection = report["rejection"]
+        console.print(
+            f"[red]rejected[/] at {rejection['stage']}: {rejection['reason']}", highlight=False
+        )
+    else:
+        table = Table(title=f"{policy.name} in the {report.get('backend', backend)} sandbox")
+        for col in ("scenario", "seed", "objective", "slo_attainment", "ttft_p99_s"):
+            table.add_column(col)
+        for r in report["results"]:
+            s = r["summary"]
+            table.add_row(
+                r["scenario"],
+                str(r["seed"]),
+                _fmt(s["objective"]),
+                _fmt(s["slo_attainment"]),
+                _fmt(s["ttft_p99_s"]),
+            )
+        console.print(table)
+        console.print(f"objective (mean): {_fmt(report['objective'])}")
+    _write_json(json_out, report)
+    if report.get("rejection"):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 
@@ -258,3 +346,8 @@ def main() -> None:
 from flows.cli_serving import register as _register_serving  # noqa: E402
 
 _register_serving(app, bench_app)
+
+
+from flows.cli_evolve import register as _register_evolve  # noqa: E402
+
+_register_evolve(app)

@@ -22,6 +22,7 @@ tampering with ``time`` or with the simulator's modules, non-finite metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,7 +39,6 @@ from sandbox.protocol import (
     EvalRequest,
     EvalResponse,
     ProtocolError,
-    Rejection,
     ScenarioResult,
     sha256_text,
 )
@@ -75,20 +75,27 @@ def _tiny_scenario(seed: int, n: int = 300, rate: float = 20.0, name: str = "san
         gpus={"H100": 2},
         plan=Plan((ReplicaSpec("H100"), ReplicaSpec("H100"))),
     )
-    return Scenario(name=name, description=f"{n} requests at {rate}/s on 2 x H100", workload=workload, cluster=cluster)
+    return Scenario(
+        name=name,
+        description=f"{n} requests at {rate}/s on 2 x H100",
+        workload=workload,
+        cluster=cluster,
+    )
 
 
 LOCAL_SCENARIOS["sandbox-tiny"] = _tiny_scenario
 LOCAL_SCENARIOS["sandbox-micro"] = lambda seed: _tiny_scenario(seed, n=60, name="sandbox-micro")
 
 
-def build(name: str, seed: int):
+def build(name: str, seed: int, scale: float = 1.0):
     """A scenario by name: the catalogue's first, then the local ones."""
     try:
         from sandbox import scenarios as catalogue  # type: ignore[attr-defined]
     except ImportError:
         catalogue = None
     if catalogue is not None and name in getattr(catalogue, "SCENARIO_NAMES", ()):
+        if scale != 1.0:
+            return catalogue.build_scenario(name, seed=seed, scale=scale)
         return catalogue.build_scenario(name, seed=seed)
     if name in LOCAL_SCENARIOS:
         return LOCAL_SCENARIOS[name](seed)
@@ -203,10 +210,15 @@ def evaluate(req: EvalRequest) -> EvalResponse:
     for name in dict.fromkeys(req.scenarios):
         for seed in req.seeds:
             try:
-                scenarios[(name, seed)] = build(name, seed)
+                scenarios[(name, seed)] = build(name, seed, req.scale)
             except Exception as e:  # the catalogue's fault or the caller's, never the policy's
-                return reject("internal", f"cannot build scenario: {_one_line(str(e))}",
-                              scenario=name, seed=seed, detail=_tb(e))
+                return reject(
+                    "internal",
+                    f"cannot build scenario: {_one_line(str(e))}",
+                    scenario=name,
+                    seed=seed,
+                    detail=_tb(e),
+                )
 
     before = snapshot()
     results: list[ScenarioResult] = []
@@ -220,8 +232,11 @@ def evaluate(req: EvalRequest) -> EvalResponse:
         except PolicyError as e:
             msg = str(e)
             if "MemoryError" in msg:
-                return reject("limit", f"memory limit of {req.limits.memory_mb} MB exceeded "
-                              f"at import ({msg})", **where)
+                return reject(
+                    "limit",
+                    f"memory limit of {req.limits.memory_mb} MB exceeded at import ({msg})",
+                    **where,
+                )
             return reject("load", msg, **where)
         except BaseException as e:  # SystemExit/KeyboardInterrupt raised at import
             stage, reason = _classify(e, "at import", req)
@@ -237,8 +252,14 @@ def evaluate(req: EvalRequest) -> EvalResponse:
             stats = dict(sim.decision_stats())
         except PolicyFault as e:
             reason = getattr(e, "reason", None) or str(e)
-            stage = "limit" if "MemoryError" in reason else "runtime"
-            return reject(stage, reason, detail=_tb(e), **where)
+            if "MemoryError" in reason:
+                return reject(
+                    "limit",
+                    f"memory limit of {req.limits.memory_mb} MB exceeded ({reason})",
+                    detail=_tb(e),
+                    **where,
+                )
+            return reject("runtime", reason, detail=_tb(e), **where)
         except RecursionError as e:
             return reject("runtime", f"RecursionError: {_one_line(str(e))}", detail=_tb(e), **where)
         except BaseException as e:
@@ -279,6 +300,31 @@ def _protect_stdout() -> int:
     return out_fd
 
 
+def _self_limit(req: EvalRequest) -> None:
+    """Lower this process's own rlimits to the request's before any candidate code runs.
+
+    The backend's limits (cgroup, container) are the boundary; these make the common
+    case fail early and precisely (a MemoryError instead of an OOM kill), and they
+    cannot be raised again by the candidate (soft = hard).
+    """
+    import resource
+
+    wanted = (
+        (resource.RLIMIT_AS, req.limits.memory_mb * 1024 * 1024),
+        (resource.RLIMIT_CPU, int(req.limits.wall_s * max(req.limits.cpus, 1.0)) + 5),
+        (resource.RLIMIT_FSIZE, req.limits.file_bytes),
+        (resource.RLIMIT_CORE, 0),
+    )
+    for res, value in wanted:
+        try:
+            _soft, hard = resource.getrlimit(res)
+            if hard != resource.RLIM_INFINITY:
+                value = min(value, hard)
+            resource.setrlimit(res, (value, value))
+        except (ValueError, OSError):
+            pass
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -288,14 +334,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _preload() -> None:
     """Import the trusted code before the request: a warm sandbox has already paid for it."""
-    import sandbox.simulator  # noqa: F401
-    import sandbox.static_checks  # noqa: F401
+    import sandbox.simulator
+    import sandbox.static_checks
     import serving.policy_loader  # noqa: F401
 
-    try:
+    with contextlib.suppress(ImportError):
         import sandbox.scenarios  # noqa: F401
-    except ImportError:
-        pass
 
 
 def main() -> None:
@@ -313,10 +357,17 @@ def main() -> None:
         try:
             req = EvalRequest.from_json(line)
         except ProtocolError as e:
-            resp = {"version": 1, "key": "", "ok": False, "results": [], "nonce": "",
-                    "rejection": {"stage": "internal", "reason": str(e)}}
+            resp = {
+                "version": 1,
+                "key": "",
+                "ok": False,
+                "results": [],
+                "nonce": "",
+                "rejection": {"stage": "internal", "reason": str(e)},
+            }
             _write_all(out_fd, (dumps(resp) + "\n").encode())
             exit_(2)
+        _self_limit(req)
         try:
             resp = evaluate(req)
         except BaseException as e:  # the harness must answer whatever happened

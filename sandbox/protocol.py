@@ -96,6 +96,8 @@ class EvalRequest:
     name: str = "policy"
     params: Mapping[str, float] | None = None
     mode: str = "fast"
+    scale: float = 1.0
+    """Scenario size (0 < scale <= 1), passed to the catalogue's ``build_scenario``."""
     static_checks: bool = True
     """Run the static checks (host side, before the sandbox). Tests turn this off to
     prove that the isolation boundary contains a candidate on its own."""
@@ -114,6 +116,7 @@ class EvalRequest:
         name: str = "policy",
         params: Mapping[str, float] | None = None,
         mode: str = "fast",
+        scale: float = 1.0,
         static_checks: bool = True,
     ) -> EvalRequest:
         if isinstance(scenarios, str):
@@ -131,6 +134,7 @@ class EvalRequest:
             name=name,
             params=dict(params) if params else None,
             mode=mode,
+            scale=float(scale),
             static_checks=static_checks,
             nonce=secrets.token_hex(16),
         )
@@ -145,6 +149,7 @@ class EvalRequest:
             "seeds": sorted(self.seeds),
             "params": sorted((self.params or {}).items()),
             "mode": self.mode,
+            "scale": self.scale,
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
@@ -172,6 +177,7 @@ class EvalRequest:
                 name=str(d.get("name", "policy")),
                 params=d.get("params"),
                 mode=str(d.get("mode", "fast")),
+                scale=float(d.get("scale", 1.0)),
                 static_checks=bool(d.get("static_checks", True)),
                 nonce=str(d.get("nonce", "")),
                 version=int(d["version"]),
@@ -298,9 +304,7 @@ class EvalResponse:
         return cls.from_dict(_loads(text, "response"))
 
     @classmethod
-    def reject(
-        cls, request: EvalRequest, stage: str, reason: str, **kw: Any
-    ) -> EvalResponse:
+    def reject(cls, request: EvalRequest, stage: str, reason: str, **kw: Any) -> EvalResponse:
         return cls(key=request.key, rejection=Rejection(stage, reason, **kw), nonce=request.nonce)
 
 

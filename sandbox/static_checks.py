@@ -88,11 +88,26 @@ ALLOWED_DUNDER_ATTRS: frozenset[str] = frozenset({"__init__", "__post_init__", "
 FORBIDDEN_ATTRS: frozenset[str] = frozenset(
     {
         # frames, code and generator internals: a path to any module's globals
-        "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "ag_frame", "ag_code",
-        "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "tb_frame", "tb_next",
-        "co_code", "co_consts", "func_globals", "mro",
+        "gi_frame",
+        "gi_code",
+        "gi_yieldfrom",
+        "cr_frame",
+        "cr_code",
+        "ag_frame",
+        "ag_code",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_back",
+        "f_code",
+        "tb_frame",
+        "tb_next",
+        "co_code",
+        "co_consts",
+        "func_globals",
+        "mro",
     }
-)  # fmt: skip
+)
 
 _ALLOWED_DUNDER_STRINGS = ALLOWED_DUNDER_NAMES | ALLOWED_DUNDER_ATTRS | {"__main__"}
 _DUNDER_RE = re.compile(r"__[A-Za-z0-9_]+__")
@@ -251,8 +266,11 @@ class _Checker(ast.NodeVisitor):
                 if full in ALLOWED_IMPORTS:
                     self.module_aliases[alias.asname or alias.name] = full
                 else:
-                    self.add(node, f"'from {mod} import {alias.name}': '{full}' is a module "
-                             f"that is not allowed")
+                    self.add(
+                        node,
+                        f"'from {mod} import {alias.name}': '{full}' is a module "
+                        f"that is not allowed",
+                    )
 
     # names
     def visit_Name(self, node: ast.Name) -> None:
@@ -268,8 +286,11 @@ class _Checker(ast.NodeVisitor):
             and isinstance(node.ctx, ast.Load)
             and id(node) not in self._attr_value_ids
         ):
-            self.add(node, f"module '{self.module_aliases[name]}' may only be used as "
-                     f"'{name}.<attribute>', not passed around or aliased")
+            self.add(
+                node,
+                f"module '{self.module_aliases[name]}' may only be used as "
+                f"'{name}.<attribute>', not passed around or aliased",
+            )
 
     # attributes
     def visit_Attribute(self, node: ast.Attribute) -> None:
@@ -290,8 +311,11 @@ class _Checker(ast.NodeVisitor):
                 if isinstance(value, types.ModuleType):
                     full = f"{modname}.{attr}"
                     if full not in ALLOWED_IMPORTS:
-                        self.add(node, f"'{full}' is a module that is not allowed "
-                                 f"(reached through '{modname}')")
+                        self.add(
+                            node,
+                            f"'{full}' is a module that is not allowed "
+                            f"(reached through '{modname}')",
+                        )
         self.generic_visit(node)
 
     # calls to getattr & co.

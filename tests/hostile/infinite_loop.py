@@ -1,0 +1,3 @@
+def route(request, replicas, now):
+    while True:
+        pass

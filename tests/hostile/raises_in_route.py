@@ -1,0 +1,2 @@
+def route(request, replicas, now):
+    raise ValueError("boom from the candidate")

@@ -1,0 +1,2 @@
+def route(request, replicas, now)
+    return replicas[0].id
