@@ -30,15 +30,14 @@ import numpy as np
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
 from sandbox.scenario import ClusterEvent, Scenario
 from serving.accounting import ReplicaLedger, RouterAccounting
-from serving.capacity import saturation_rps
-from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request, WorkloadWindow
+from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
 from serving.engine import INF, Sequence, make_engine
-from serving.hardware import UnknownHardware, check_deployment, cold_start_s, kv_block_capacity
+from serving.planning import capacities, deployable_specs, plan_problem
 from serving.policy_loader import LoadedPolicy
 from serving.steptime import step_time_model
+from serving.workload_window import WindowTracker
 
 Mode = Literal["fast", "reference"]
-TP_DEGREES = (1, 2, 4, 8)
 
 # Event priorities at equal times: the cluster changes first, then replicas come
 # up, then requests arrive (so a step ending at that instant already sees them).
@@ -127,31 +126,13 @@ class Simulation:
         self.engine_steps = 0
         self.gpu_seconds = 0.0
         self._gpu_clock = 0.0
-        self._reused_units: np.ndarray | None = None
-        self._specs = self._deployable_specs()
-
-    # -- set-up ------------------------------------------------------------------
-    def _deployable_specs(self) -> dict[ReplicaSpec, tuple[float, int]]:
-        """(cold start, KV blocks) of every spec the pool's GPU types can run."""
-        specs = {}
-        gpus = set(self.pool) | {s.gpu for s in self.cluster.plan.replicas}
-        gpus |= {e.gpu for e in self.scenario.events if e.gpu}
-        for gpu in sorted(gpus):
-            for tp in TP_DEGREES:
-                try:
-                    check_deployment(self.cluster.model, gpu, tp, profiled=True)
-                except UnknownHardware:
-                    continue
-                specs[ReplicaSpec(gpu, tp)] = self._spec_costs(gpu, tp)
-        return specs
-
-    def _spec_costs(self, gpu: str, tp: int) -> tuple[float, int]:
-        c = self.cluster
-        cold = c.cold_start_s if c.cold_start_s is not None else cold_start_s(c.model, gpu, tp)
-        kv = kv_block_capacity(
-            c.model, gpu, tp, c.engine.gpu_memory_utilization, c.engine.block_size
+        # The same recent-traffic summary the live router keeps.
+        self.window = WindowTracker(self.cluster.window_s)
+        gpu_types = set(self.pool) | {s.gpu for s in self.cluster.plan.replicas}
+        gpu_types |= {e.gpu for e in scenario.events if e.gpu}
+        self._specs = deployable_specs(
+            self.cluster.model, gpu_types, self.cluster.engine, self.cluster.cold_start_s
         )
-        return cold, kv
 
     def _push(self, t: float, prio: int, kind: str, payload: object = None) -> None:
         self._seq += 1
@@ -218,7 +199,7 @@ class Simulation:
 
     # -- replicas and GPUs -------------------------------------------------------------
     def _new_replica(self, spec: ReplicaSpec, weight: float) -> _Replica:
-        _, kv = self._specs[spec]
+        kv = self._specs[spec].kv_blocks
         r = _Replica(self._next_id, spec, "pending", kv, weight)
         self._next_id += 1
         self.replicas[r.id] = r
@@ -239,7 +220,7 @@ class Simulation:
     def _bring_up(self, r: _Replica, warm: bool = False) -> None:
         self._account_gpus()
         r.state = "starting"
-        cold, _ = self._specs[r.spec]
+        cold = self._specs[r.spec].cold_start_s
         if warm:
             self._on_ready(r.id)
         else:
@@ -316,17 +297,17 @@ class Simulation:
     # -- requests ------------------------------------------------------------------
     def _on_arrival(self, i: int) -> None:
         w = self.w
-        self.router_queue.append(
-            Request(
-                id=i,
-                arrival=self._arrival[i],
-                prompt_tokens=self._prompt[i],
-                max_output_tokens=self._max_tokens[i],
-                prefix_hashes=w.prefix_hashes[i] if w.prefix_hashes else (),
-                prefix_block_tokens=w.prefix_block_tokens,
-                session_id=w.session_ids[i] if w.session_ids else "",
-            )
+        request = Request(
+            id=i,
+            arrival=self._arrival[i],
+            prompt_tokens=self._prompt[i],
+            max_output_tokens=self._max_tokens[i],
+            prefix_hashes=w.prefix_hashes[i] if w.prefix_hashes else (),
+            prefix_block_tokens=w.prefix_block_tokens,
+            session_id=w.session_ids[i] if w.session_ids else "",
         )
+        self.router_queue.append(request)
+        self.window.add(request)
         self._drain_queue()
 
     def _drain_queue(self) -> None:
@@ -446,6 +427,7 @@ class Simulation:
             self.queue[i] = seq.first_scheduled - seq.arrival
             self.preempt[i] += seq.preemptions
             self.status[i] = STATUS_OK
+            self.window.finish(seq.output)
             self._finish_request(i, rid)
         self._watch(r)
         if r.state == "draining" and r.engine.idle and not r.engine.waiting:
@@ -492,88 +474,25 @@ class Simulation:
             self.admission_limit,
         )
 
-    def _window(self) -> WorkloadWindow:
-        w, span = self.w, self.cluster.window_s
-        lo = int(np.searchsorted(w.arrival_s, self.now - span))
-        hi = int(np.searchsorted(w.arrival_s, self.now, side="right"))
-        n = hi - lo
-        if n < 2:
-            return WorkloadWindow(span, n, n / span, 0.0, 0, 0, 0, 0, 0, 0, 0.0)
-        prompt = np.percentile(w.prompt_tokens[lo:hi], (50, 90, 99))
-        output = np.percentile(w.max_tokens[lo:hi], (50, 90, 99))
-        gaps = np.diff(w.arrival_s[lo:hi])
-        cv = float(gaps.std() / gaps.mean()) if gaps.mean() > 0 else 0.0
-        return WorkloadWindow(
-            span, n, n / span, cv, *map(float, prompt), *map(float, output), self._reuse(lo, hi)
-        )
-
-    def _reuse(self, lo: int, hi: int) -> float:
-        """Fraction of prefix chunks in [lo, hi) the router had already seen."""
-        w = self.w
-        if not w.prefix_hashes:
-            return 0.0
-        if self._reused_units is None:
-            seen: set[int] = set()
-            reused = np.zeros(self.n, dtype=np.int64)
-            for i, hashes in enumerate(w.prefix_hashes):
-                reused[i] = sum(h in seen for h in hashes)
-                seen.update(hashes)
-            self._reused_units = reused
-            self._total_units = np.array([len(h) for h in w.prefix_hashes], dtype=np.int64)
-        total = int(self._total_units[lo:hi].sum())
-        return float(self._reused_units[lo:hi].sum() / total) if total else 0.0
-
     def _cluster_view(self) -> ClusterView:
-        window = self._window()
+        window = self.window.summary(self.now)
         c = self.cluster
-        capacity = {}
-        for spec, (_, kv) in self._specs.items():
-            steptime = step_time_model(c.model, spec.gpu, spec.tp)
-            capacity[spec] = saturation_rps(
-                steptime, kv, c.engine, window.input_p50 or 1.0, window.output_p50 or 1.0
-            )
         return ClusterView(
             window=window,
             gpus_available=self.pool,
             plan=self._current_plan(),
             replicas=self._views(None),
             queued=len(self.router_queue),
-            cold_start_s={spec: cold for spec, (cold, _) in self._specs.items()},
-            capacity_rps=capacity,
+            cold_start_s={spec: cost.cold_start_s for spec, cost in self._specs.items()},
+            capacity_rps=capacities(c.model, self._specs, window, c.engine),
             model=c.model,
         )
 
     # -- plans ---------------------------------------------------------------------
     def _check_plan(self, plan: object) -> None:
-        if not isinstance(plan, Plan):
-            raise PolicyFault(f"reschedule returned {type(plan).__name__}, expected Plan or None")
-        if not isinstance(plan.replicas, tuple) or not all(
-            isinstance(s, ReplicaSpec) for s in plan.replicas
-        ):
-            raise PolicyFault("plan.replicas must be a tuple of ReplicaSpec")
-        for spec in plan.replicas:
-            if spec not in self._specs:
-                raise PolicyFault(
-                    f"plan asks for {spec.gpu} TP{spec.tp}, which cannot serve {self.cluster.model}"
-                    f" here (deployable: {sorted(f'{s.gpu}/tp{s.tp}' for s in self._specs)})"
-                )
-        for gpu, used in plan.gpus_by_type().items():
-            if used > self.pool.get(gpu, 0):
-                raise PolicyFault(
-                    f"plan needs {used} {gpu} GPUs but the pool has {self.pool.get(gpu, 0)}"
-                )
-        if plan.weights is not None:
-            if len(plan.weights) != len(plan.replicas):
-                raise PolicyFault("plan.weights must have one weight per replica")
-            if not all(
-                isinstance(x, int | float) and math.isfinite(x) and x >= 0 for x in plan.weights
-            ):
-                raise PolicyFault("plan.weights must be finite and non-negative")
-        limit = plan.admission_limit
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-        ):
-            raise PolicyFault(f"plan.admission_limit must be a positive int or None, not {limit!r}")
+        problem = plan_problem(plan, self.cluster.model, self.pool, self._specs)
+        if problem is not None:
+            raise PolicyFault(problem)
 
     def _apply(self, plan: Plan) -> None:
         self._check_plan(plan)

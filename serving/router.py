@@ -33,7 +33,9 @@ from serving.accounting import RouterAccounting
 from serving.contract import HOLD, ClusterView, ReplicaSpec, ReplicaView, Request
 from serving.engine_snapshots import SnapshotWriter
 from serving.fleet import EngineHandle, Fleet
+from serving.hardware import UnknownHardware
 from serving.metrics_adapter import Scraper
+from serving.planning import SpecCost, capacities, deployable_specs, plan_problem
 from serving.policy_runtime import ActivePolicy, PolicyRuntime
 from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
 from serving.telemetry import TelemetryRow, TelemetryWriter
@@ -219,27 +221,37 @@ class Router:
         await self._probe_health()
         if self.config.reschedule and (self._applying is None or self._applying.done()):
             plan = self.runtime.reschedule(self.cluster_view(), time.monotonic())
+            menu = self._menu() or set(self.fleet.plan().replicas)
+            if plan is not None and plan_problem(
+                plan, self.config.model_name, self.fleet.gpus_available(), menu
+            ):
+                self.runtime.reschedule_errors += 1  # the same rule the simulator faults on
+                plan = None
             if plan is not None and plan != self.fleet.plan():
                 self.plans_applied += 1
                 self._applying = asyncio.create_task(self.fleet.apply(plan, self.idle))
         self._drain()
 
+    def _menu(self) -> dict[ReplicaSpec, SpecCost]:
+        """The specs a plan may use: what the pool's GPU types can run for this model."""
+        model = self.config.model_name
+        try:
+            return deployable_specs(model, self.fleet.gpus_available())
+        except UnknownHardware:
+            return {}  # an engine this catalogue does not know: plans keep today's specs
+
     def cluster_view(self) -> ClusterView:
         plan = self.fleet.plan()
-        costs: dict[ReplicaSpec, float] = {}
-        for spec in set(plan.replicas):
-            with contextlib.suppress(Exception):
-                from serving.hardware import cold_start_s
-
-                costs[spec] = cold_start_s(self.config.model_name or "llama-3-8b",
-                                           spec.gpu, spec.tp)
+        window = self.window.summary(time.monotonic())
+        menu = self._menu()
         return ClusterView(
-            window=self.window.summary(time.monotonic()),
+            window=window,
             gpus_available=self.fleet.gpus_available(),
             plan=plan,
             replicas=self._views(None, frozenset()),
             queued=len(self._held),
-            cold_start_s=costs,
+            cold_start_s={spec: cost.cold_start_s for spec, cost in menu.items()},
+            capacity_rps=capacities(self.config.model_name, menu, window) if menu else {},
             model=self.config.model_name,
         )
 
