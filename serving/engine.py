@@ -392,7 +392,7 @@ class FastEngine(_EngineCore):
     # -- scheduling -------------------------------------------------------------
     def _start(self, now: float) -> None:
         self.step_start = now
-        if self.n_dec + len(self.running) == 0 and not self.waiting:
+        if not self.running and not self.waiting:
             self._set_end(INF)
             return
         need = self._blocks_for(1)
