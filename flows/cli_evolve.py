@@ -1,0 +1,203 @@
+"""``autopoiesis evolve`` and ``autopoiesis llm serve-local``.
+
+Registered onto the main app by one line at the bottom of ``flows/cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console() if sys.stdout.isatty() else Console(width=160)
+llm_app = typer.Typer(help="Local LLM for evolution (optional extra: pip install '.[llm]').")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _rich_progress(progress: Progress):
+    from flows.evolution.engine import Progress as Hooks
+
+    state: dict[str, int] = {}
+
+    def start(generations: int, population: int) -> None:
+        state["gen"] = progress.add_task("generations", total=generations + 1)
+        state["cand"] = progress.add_task("candidates", total=None)
+
+    def advance(what: str) -> None:
+        progress.update(state["cand"], advance=1, description=f"candidates ({what})")
+
+    def generation(gen: int, best: float) -> None:
+        progress.update(state["gen"], advance=1, description=f"generation {gen}: best {best:.4f}")
+
+    return Hooks(start=start, advance=advance, generation=generation)
+
+
+def evolve(
+    scenarios: Annotated[
+        str | None, typer.Option(help="Quick suite: comma-separated scenario names.")
+    ] = None,
+    full_scenarios: Annotated[
+        str | None,
+        typer.Option(help="Full suite for the promising ('all', 'none', or names)."),
+    ] = None,
+    scale: Annotated[float, typer.Option(help="Scenario scale of both suites.")] = 0.2,
+    generations: Annotated[int, typer.Option(help="Generations after the seeds.")] = 4,
+    population: Annotated[int, typer.Option(help="Candidates per generation.")] = 4,
+    islands: Annotated[int, typer.Option(help="Archive islands.")] = 2,
+    llm: Annotated[
+        str, typer.Option(help="none (Optuna only), local (serve-local's URL), or a base URL.")
+    ] = "none",
+    model: Annotated[
+        str | None, typer.Option(help="Model name(s), NAME[=weight],… (or AUTOPOIESIS_LLM_MODEL).")
+    ] = None,
+    budget_tokens: Annotated[int | None, typer.Option(help="Stop after this many tokens.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Stop after this much cost.")] = None,
+    budget_wall: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    tune_trials: Annotated[int, typer.Option(help="Optuna trials per tuned candidate.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    champion: Annotated[
+        str | None, typer.Option(help="Champion policy file or baseline (default: best seed).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="Sandbox: process, docker or auto.")] = "process",
+    parallel: Annotated[int, typer.Option(help="Sandboxes at once.")] = 2,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Journal folder; an existing one is resumed.")
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard what run-dir holds.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    llm_timeout: Annotated[float, typer.Option(help="Seconds per LLM call.")] = 300.0,
+    max_tokens: Annotated[int, typer.Option(help="Completion cap per LLM call.")] = 2048,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+) -> None:
+    """Evolve routing policies in the sandbox; register the best as the MLflow challenger."""
+    from flows.evolution.config import FULL_SUITE, QUICK_SUITE, Budget, EvolutionConfig, LLMConfig
+    from flows.evolution.config import Suite as SuiteCfg
+    from flows.evolution.engine import Evolution, EvolutionError
+    from flows.evolution.llm_local import DEFAULT_URL
+    from flows.evolution.tracking import Tracker
+    from sandbox.backends import SandboxUnavailable
+    from sandbox.scenarios import SCENARIO_NAMES
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+
+    quick = (
+        SuiteCfg(names(scenarios), (0,), scale)
+        if scenarios
+        else SuiteCfg(QUICK_SUITE.scenarios, QUICK_SUITE.seeds, scale)
+    )
+    if full_scenarios in (None, "all"):
+        full: SuiteCfg | None = SuiteCfg(SCENARIO_NAMES, FULL_SUITE.seeds, scale)
+    elif full_scenarios == "none":
+        full = None
+    else:
+        full = SuiteCfg(names(full_scenarios), FULL_SUITE.seeds, scale)
+    base_url = None if llm == "none" else DEFAULT_URL if llm == "local" else llm
+    cfg = EvolutionConfig(
+        quick=quick,
+        full=full,
+        generations=generations,
+        population=population,
+        islands=islands,
+        seed=seed,
+        tune_trials=tune_trials,
+        backend=backend,
+        parallel=parallel,
+        llm=LLMConfig.from_env(base_url, model, timeout_s=llm_timeout, max_tokens=max_tokens)
+        if base_url
+        else LLMConfig(),
+        budget=Budget(tokens=budget_tokens, usd=budget_usd, wall_s=budget_wall),
+    )
+    if llm == "local":
+        # A 0.5B model on two CPU cores: prompt processing (~50-100 tokens/s) dominates, so
+        # the prompt carries one top and one diverse archived policy instead of two each.
+        cfg = cfg.with_(prompt_top=1, prompt_diverse=1)
+    champ = None
+    if champion:
+        from serving.policy_loader import BUILTIN_POLICIES, builtin_source
+
+        if champion in BUILTIN_POLICIES:
+            champ = (champion, builtin_source(champion))
+        else:
+            champ = (Path(champion).stem, Path(champion).read_text("utf-8"))
+    run_dir = run_dir or Path("mlruns") / "evolution" / time.strftime("evo-%Y%m%d-%H%M%S")
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    try:
+        evo = Evolution(
+            cfg,
+            run_dir,
+            tracker=Tracker(tracking_uri),
+            champion=champ,
+            progress=_rich_progress(progress),
+            fresh=fresh,
+        )
+    except EvolutionError as e:
+        _fail(str(e))
+    console.print(f"run dir: {run_dir}{' (resuming)' if evo.resumed else ''}")
+    try:
+        with progress:
+            summary = evo.run()
+    except (EvolutionError, SandboxUnavailable) as e:
+        _fail(str(e))
+    finally:
+        evo.close()
+    table = Table(title="Evolution")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        if not isinstance(v, list | dict):
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+@llm_app.command("serve-local")
+def serve_local(
+    model: Annotated[
+        str, typer.Option(help="qwen (Qwen2.5-Coder-0.5B) or smollm (SmolLM2-135M).")
+    ] = "qwen",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8765,
+    ctx: Annotated[int, typer.Option(help="Context length.")] = 8192,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+) -> None:
+    """Serve a small local model over the OpenAI API (needs `make llm`)."""
+    from flows.evolution.llm_local import LocalModelMissing, serve_forever
+
+    try:
+        serve_forever(
+            model=model,
+            host=host,
+            port=port,
+            ctx=ctx,
+            threads=threads,
+            log=lambda m: console.print(m, highlight=False),
+        )
+    except LocalModelMissing as e:
+        _fail(str(e))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evolve")(evolve)
+    app.add_typer(llm_app, name="llm")

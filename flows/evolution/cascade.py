@@ -1,0 +1,173 @@
+"""Candidate evaluation through the sandbox, journaled, in a quick-then-full cascade.
+
+Every source is sent to ``sandbox.evaluator.Evaluator`` over a real isolation
+backend (bubblewrap or Docker): an LLM-written policy is never loaded in this
+process. Evaluations are journaled by the sandbox's reproducibility key, so a
+resumed run does not redo them. The sandbox's ``Evaluator.request`` has no
+``scale`` argument yet, so requests are built here with ``EvalRequest.build``
+(which has one) and handed to ``Evaluator.submit``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.evolution.config import EvolutionConfig, Suite
+from flows.evolution.journal import Journal
+from sandbox.evaluator import Evaluator
+from sandbox.protocol import EvalRequest, EvalResponse, Limits
+
+
+@dataclass
+class Outcome:
+    """One candidate on one suite, as the engine uses it."""
+
+    objective: float | None
+    by_scenario: dict[str, float] = field(default_factory=dict)
+    summaries: list[dict[str, float]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    stage: str | None = None
+    reason: str | None = None
+    wall_s: float = 0.0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.objective is not None
+
+
+def quantise(x: float, resolution: float) -> float:
+    # Rounded to a grid and back through repr, so equal scores compare equal exactly.
+    return float(f"{round(x / resolution) * resolution:.12g}")
+
+
+class Cascade:
+    def __init__(
+        self, cfg: EvolutionConfig, journal: Journal, evaluator: Evaluator | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.journal = journal
+        self.limits = Limits(wall_s=cfg.eval_wall_s, memory_mb=cfg.eval_memory_mb)
+        self._evaluator = evaluator
+        self.sandbox_evaluations = 0
+        self.sandbox_seconds = 0.0
+        self.started = time.monotonic()
+
+    @property
+    def evaluator(self) -> Evaluator:
+        # Started lazily: a fully journaled resume never needs a sandbox.
+        if self._evaluator is None:
+            self._evaluator = Evaluator(
+                self.cfg.backend,
+                max_parallel=self.cfg.parallel,
+                limits=self.limits,
+                prewarm=self.cfg.parallel,
+            )
+        return self._evaluator
+
+    def describe(self) -> str:
+        return self.evaluator.backend.describe(self.limits)
+
+    def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
+        reqs = [
+            EvalRequest.build(
+                src,
+                suite.scenarios,
+                seeds=suite.seeds,
+                scale=suite.scale,
+                limits=self.limits,
+                name="candidate",
+            )
+            for src in sources
+        ]
+        out: list[Outcome | None] = [None] * len(reqs)
+        pending = []
+        for i, req in enumerate(reqs):
+            rec = self.journal.get(f"eval/{req.key}")
+            if rec is not None:
+                out[i] = self._outcome(EvalResponse.from_dict(rec["response"]), cached=True)
+            else:
+                pending.append((i, req, self.evaluator.submit(req)))
+        for i, req, fut in pending:
+            resp = fut.result()
+            if resp.stage == "internal":  # the sandbox's fault, not the candidate's: once more
+                resp = self.evaluator.submit(
+                    EvalRequest.build(
+                        req.source,
+                        req.scenarios,
+                        seeds=req.seeds,
+                        scale=req.scale,
+                        limits=req.limits,
+                        name=req.name,
+                    )
+                ).result()
+            self.sandbox_evaluations += 1
+            self.sandbox_seconds += resp.wall_s
+            if resp.stage != "internal":
+                self.journal.put(f"eval/{req.key}", {"kind": "eval", "response": resp.to_dict()})
+            out[i] = self._outcome(resp)
+        return [o for o in out if o is not None]
+
+    def _outcome(self, resp: EvalResponse, cached: bool = False) -> Outcome:
+        if not resp.ok:
+            return Outcome(
+                None, stage=resp.stage, reason=resp.reason, wall_s=resp.wall_s, cached=cached
+            )
+        res = self.cfg.objective_resolution
+        by: dict[str, list[float]] = {}
+        for r in resp.results:
+            by.setdefault(r.scenario, []).append(r.summary.get("objective", math.nan))
+        by_scenario = {k: quantise(sum(v) / len(v), res) for k, v in by.items()}
+        raw = resp.objective()
+        if raw is None or not math.isfinite(raw):
+            return Outcome(None, stage="integrity", reason="non-finite objective", cached=cached)
+        return Outcome(
+            objective=quantise(raw, res),
+            by_scenario=by_scenario,
+            summaries=[dict(r.summary) for r in resp.results],
+            results=[
+                {
+                    "scenario": r.scenario,
+                    "seed": r.seed,
+                    "summary": dict(r.summary),
+                    "decision_stats": dict(r.decision_stats),
+                }
+                for r in resp.results
+            ],
+            wall_s=resp.wall_s,
+            cached=cached,
+        )
+
+    def fresh(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
+        """Evaluate again from scratch: no journal, no cache (re-measurement, not replay)."""
+        ev = Evaluator(
+            self.cfg.backend, max_parallel=self.cfg.parallel, cache=False, limits=self.limits
+        )
+        try:
+            reqs = [
+                EvalRequest.build(
+                    src,
+                    suite.scenarios,
+                    seeds=suite.seeds,
+                    scale=suite.scale,
+                    limits=self.limits,
+                    name="candidate",
+                )
+                for src in sources
+            ]
+            return [self._outcome(r) for r in ev.evaluate_many(reqs)]
+        finally:
+            ev.close()
+
+    def evaluations_per_hour(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.sandbox_evaluations / elapsed * 3600 if elapsed > 0 else 0.0
+
+    def close(self) -> None:
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None

@@ -1,0 +1,163 @@
+"""Frozen configuration of one evolution run.
+
+Everything that changes what a run does lives here, so that the run's identity
+(``EvolutionConfig.fingerprint``) can be checked when a killed run is resumed:
+resuming with a different config would silently mix two experiments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from sandbox.scenarios import SCENARIO_NAMES
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A scenario set as the sandbox replays it: names, seeds and scale."""
+
+    scenarios: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    scale: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.scenarios:
+            raise ValueError("a suite needs at least one scenario")
+        if not self.seeds:
+            raise ValueError("a suite needs at least one seed")
+        if not 0 < self.scale <= 1:
+            raise ValueError(f"suite scale must be in (0, 1], not {self.scale}")
+
+    @property
+    def digest(self) -> str:
+        """Hash of the scenario set: scores are only comparable under the same digest."""
+        ident = {"scenarios": list(self.scenarios), "seeds": list(self.seeds), "scale": self.scale}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The quick suite: scenarios where the policies differ at small scale and a simulation
+# takes 0.05-0.3 s: bursts (bursty-code), capacity events where rescheduling matters
+# (gpu-loss, slow-ramp with spare GPUs) and prefix reuse (prefix-heavy). Left out:
+# steady-conv / decode-heavy / replica-failure (every baseline within a point there) and
+# mixed-pool (its score jitters by ~0.002 with measured decision time).
+QUICK_SUITE = Suite(("bursty-code", "gpu-loss", "prefix-heavy", "slow-ramp"), (0,), 0.2)
+# The full suite guards the quick one against overfitting: every scenario, two seeds.
+FULL_SUITE = Suite(SCENARIO_NAMES, (0, 1), 0.2)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One LLM the proposer may ask, drawn with probability proportional to ``weight``."""
+
+    name: str
+    weight: float = 1.0
+    usd_per_mtok_in: float = 0.0
+    usd_per_mtok_out: float = 0.0
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """An OpenAI-compatible endpoint. ``base_url`` None means: no LLM, Optuna only."""
+
+    base_url: str | None = None
+    api_key: str = field(default="", repr=False)
+    models: tuple[ModelChoice, ...] = (ModelChoice("local"),)
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    """First retry delay; doubles each retry (capped at 30 s), honouring Retry-After."""
+    max_tokens: int = 2048
+    temperature: float = 0.8
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url)
+
+    @classmethod
+    def from_env(cls, base_url: str | None, model: str | None = None, **kw: Any) -> LLMConfig:
+        # The key is read from the environment, never from a flag (shell history, ps).
+        key = os.environ.get("AUTOPOIESIS_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY", "")
+        base = base_url or os.environ.get("AUTOPOIESIS_LLM_BASE_URL") or None
+        models = tuple(
+            ModelChoice(m.split("=")[0], float(m.split("=")[1]) if "=" in m else 1.0)
+            for m in (model or os.environ.get("AUTOPOIESIS_LLM_MODEL", "local")).split(",")
+            if m
+        )
+        return cls(base_url=base, api_key=key or "not-needed", models=models, **kw)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Caps that stop a run cleanly (the generation in flight finishes its bookkeeping)."""
+
+    tokens: int | None = None
+    usd: float | None = None
+    wall_s: float | None = None
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    quick: Suite = QUICK_SUITE
+    full: Suite | None = FULL_SUITE
+    """None: no cascade, the quick suite decides alone."""
+    generations: int = 4
+    population: int = 4
+    """Candidates per generation, spread over the islands."""
+    islands: int = 2
+    migrate_every: int = 2
+    """Every this many generations each island sends its best to the next (ring)."""
+    seed: int = 0
+    seeds_policies: tuple[str, ...] = (
+        "least_outstanding",
+        "llmd_weighted",
+        "prefix_affinity",
+        "power_of_two",
+        "shortest_queue",
+        "least_kv",
+        "threshold_autoscaler",
+        "reconfigure_if_pays",
+    )
+    tune_trials: int = 12
+    """Optuna trials per tuned candidate (each one quick-suite evaluation)."""
+    tune_llm_candidates: bool = True
+    promising_margin: float = 0.01
+    full_tolerance: float = 0.005
+    """A challenger may trail the champion on the full suite by at most this (noise)."""
+    """Candidates within this of their island's best (quick suite) go on to tuning / full."""
+    objective_resolution: float = 1e-5
+    """Objectives are rounded to this: the simulator charges measured decision wall time,
+    so the last digits jitter between identical runs; finer differences are noise."""
+    min_gain: float = 1e-4
+    """A cell's elite is replaced only by a candidate better by more than this."""
+    backend: str = "process"
+    parallel: int = 2
+    eval_wall_s: float = 60.0
+    eval_memory_mb: int = 1024
+    llm: LLMConfig = LLMConfig()
+    budget: Budget = Budget()
+    prompt_top: int = 2
+    prompt_diverse: int = 2
+    prompt_errors: int = 3
+
+    def with_(self, **kw: Any) -> EvolutionConfig:
+        return replace(self, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["llm"].pop("api_key", None)
+        return d
+
+    @property
+    def fingerprint(self) -> str:
+        """What must match for a resume: everything that shapes the search, not the caps."""
+        d = self.to_dict()
+        for volatile in ("budget", "backend", "parallel", "eval_wall_s"):
+            d.pop(volatile, None)
+        # The endpoint URL may change between sessions (a local server's port); the models not.
+        d["llm"] = {k: d["llm"][k] for k in ("models", "max_tokens", "temperature")}
+        d["llm"]["enabled"] = self.llm.enabled
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

