@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from serving.steptime import Row, fit_rows, load_rows, predict_row_ms
+from serving.steptime_fit import Row, fit_rows, load_rows, predict_row_ms
 
 
 def split_rows(rows: list[Row], seed: int, holdout: float) -> tuple[list[Row], list[Row]]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serving.steptime import shared_dir
+from serving.steptime_fit import shared_dir
 
 pytestmark = pytest.mark.skipif(
     not (shared_dir() / "profiles").is_dir(), reason="needs shared/profiles"
@@ -26,7 +26,7 @@ def test_fidelity_within_five_percent():
 
 def test_split_is_deterministic_and_disjoint():
     from sandbox.fidelity import split_rows
-    from serving.steptime import load_rows
+    from serving.steptime_fit import load_rows
 
     rows = load_rows()
     tr, te = split_rows(rows, seed=3, holdout=0.2)

@@ -1,0 +1,68 @@
+"""What every sandbox is built from: the code it runs, its environment, the data it reads.
+
+Also ``SandboxUnavailable``, which every backend raises when its isolation cannot be had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+CODE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder holding the ``serving`` and ``sandbox`` packages (the repo root)."""
+CODE_PACKAGES = ("serving", "sandbox")
+IMAGE = os.environ.get("AUTOPOIESIS_SANDBOX_IMAGE", "autopoiesis-sandbox:latest")
+MARKER_ENV = "AUTOPOIESIS_SANDBOX_ID"
+LABEL = "autopoiesis.sandbox"
+READY_LINE = b"autopoiesis-harness: ready"
+CODE_HASH_LABEL = "autopoiesis.code-hash"
+
+
+class SandboxUnavailable(RuntimeError):
+    """This isolation cannot be used here; the message says why and what to do."""
+
+
+def code_hash(root: Path = CODE_ROOT) -> str:
+    """Hash of the code a sandbox runs (``serving/``, ``sandbox/``): the image's cache key."""
+    h = hashlib.sha256()
+    for pkg in CODE_PACKAGES:
+        base = root / pkg
+        for p in sorted(base.rglob("*")):
+            if (
+                p.is_file()
+                and "__pycache__" not in p.parts
+                and p.suffix in (".py", ".json", ".csv", ".yaml", ".toml", ".txt")
+            ):
+                h.update(str(p.relative_to(root)).encode())
+                h.update(b"\0")
+                h.update(p.read_bytes())
+                h.update(b"\0")
+    return h.hexdigest()
+
+
+def find_shared_dir(explicit: str | None = None) -> str | None:
+    """The scenario data folder to mount read-only (as ``sandbox.traces.shared_dir``)."""
+    cand = explicit or os.environ.get("AUTOPOIESIS_SHARED") or str(CODE_ROOT.parent / "shared")
+    return str(Path(cand).resolve()) if Path(cand).is_dir() else None
+
+
+def sandbox_env(marker: str, *, pythonpath: str, shared: str | None) -> dict[str, str]:
+    """The whole environment of a sandbox: built here, nothing inherited from the host."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PYTHONPATH": pythonpath,
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        MARKER_ENV: marker,
+    }
+    if shared:
+        env["AUTOPOIESIS_SHARED"] = shared
+    return env

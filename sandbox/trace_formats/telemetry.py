@@ -1,0 +1,71 @@
+"""Our own telemetry (the router's Parquet log) replayed as a Workload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sandbox.trace_formats.checks import _workload
+from sandbox.workload import Workload, WorkloadError
+
+
+def _load_telemetry(
+    path: Path,
+    name: str | None,
+    *,
+    since_unix_s: float | None = None,
+    statuses: tuple[str, ...] | None = None,
+) -> Workload:
+    # Imported here so the sandbox only needs serving's telemetry when it replays it.
+    from serving.telemetry import TelemetryError, read_telemetry
+
+    try:
+        frame = read_telemetry(path, since_unix_s=since_unix_s)
+    except TelemetryError as exc:
+        raise WorkloadError(str(exc)) from exc
+    if statuses is not None:
+        frame = frame[frame["status"].isin(statuses)].reset_index(drop=True)
+    if frame.empty:
+        raise WorkloadError(f"{path}: no telemetry rows to replay")
+    t = frame["arrival_unix_s"].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(t)):
+        raise WorkloadError(f"{path}: telemetry has a non-finite arrival_unix_s")
+    prompt = frame["prompt_tokens"].to_numpy(dtype=np.int64)
+    if (prompt < 1).any():
+        i = int(np.argmax(prompt < 1))
+        raise WorkloadError(
+            f"{path}: request {frame['request_id'].iloc[i]} has prompt_tokens {prompt[i]} (< 1)"
+        )
+    # A request that failed, was cancelled or rejected generated fewer tokens than it
+    # would have: its logged output is a lower bound on its demand, kept >= 1 token.
+    logged = frame["output_tokens"].to_numpy(dtype=np.int64)
+    output = np.maximum(logged, 1)
+    max_tokens = np.maximum(frame["max_tokens"].to_numpy(dtype=np.int64), output)
+    hashes: tuple[tuple[int, ...], ...] = ()
+    block = 16
+    has = frame["prefix_hashes"].map(len).to_numpy() > 0
+    if has.any():
+        blocks = np.unique(frame["prefix_block_tokens"].to_numpy()[has])
+        if len(blocks) > 1:
+            raise WorkloadError(
+                f"{path}: rows mix prefix_block_tokens {blocks.tolist()}; replay one at a time"
+            )
+        block = int(blocks[0])
+        hashes = tuple(tuple(int(h) for h in hs) for hs in frame["prefix_hashes"])
+    sessions = frame["session_id"].fillna("").astype(str)
+    session_ids = tuple(sessions) if (sessions != "").any() else ()
+    non_ok = int((frame["status"] != "ok").sum())
+    return _workload(
+        path,
+        "telemetry",
+        t - t[0],
+        prompt,
+        output,
+        name,
+        max_tokens=max_tokens,
+        meta={"start_unix_s": float(t[0]), "non_ok_rows": non_ok},
+        prefix_hashes=hashes,
+        prefix_block_tokens=block,
+        session_ids=session_ids,
+    )
