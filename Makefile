@@ -22,8 +22,9 @@ $(BIN)/autopoiesis: pyproject.toml
 
 env: $(BIN)/autopoiesis
 
+# The closed loop on a live router (a few minutes): shift, drift, evolve, promote.
 demo: env
-	$(BIN)/autopoiesis bench baselines --json mlruns/baselines.json --plot mlruns/baselines.png
+	$(BIN)/autopoiesis demo --json mlruns/demo.json
 
 test: env
 	$(BIN)/ruff check .

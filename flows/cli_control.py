@@ -1,0 +1,157 @@
+"""``autopoiesis pull``, ``promote``, ``demo`` and ``deploy``: the control plane's commands.
+
+Registered onto the main app by one line at the bottom of ``flows/cli.py``.
+Prefect and MLflow run embedded by default (a temporary local Prefect API,
+sqlite under ``mlruns/``); set ``PREFECT_API_URL`` / ``MLFLOW_TRACKING_URI`` to
+use servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _quiet_defaults() -> None:
+    # Embedded runs: no analytics, no telemetry, Prefect's home beside the project's files.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
+
+
+def _dump(path: Path | None, payload: object) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        console.print(f"wrote {path}")
+
+
+def pull(
+    telemetry_dir: Annotated[Path, typer.Argument(help="The router's telemetry directory.")],
+    state_dir: Annotated[Path, typer.Option(help="Watermark and reference window.")] = Path(
+        "mlruns/control"
+    ),
+    chain: Annotated[str, typer.Option(help="deployment, inline or none.")] = "deployment",
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json")] = None,
+) -> None:
+    """Run the pull-telemetry flow once: new window, drift test, maybe trigger evolve."""
+    _quiet_defaults()
+    from flows.prefect_flows import pull_telemetry
+
+    out = pull_telemetry(str(telemetry_dir), state_dir=str(state_dir), chain=chain,
+                         tracking_uri=tracking_uri)
+    console.print(
+        f"{out.get('requests', 0)} requests; trigger: {out.get('trigger')}; "
+        + "; ".join(out.get("reasons") or [out.get("reason") or "no drift"]),
+        highlight=False,
+    )
+    _dump(json_out, out)
+
+
+def promote(
+    challenger: Annotated[str, typer.Option(help="Version or alias.")] = "challenger",
+    scenarios: Annotated[
+        str | None, typer.Option(help="Comma-separated held-back scenarios.")
+    ] = None,
+    admin_url: Annotated[str | None, typer.Option(help="Router admin API to swap live.")] = None,
+    telemetry_dir: Annotated[str | None, typer.Option(help="For the dwell-period watch.")] = None,
+    dwell_s: Annotated[float, typer.Option(help="Live watch after a swap.")] = 30.0,
+    margin: Annotated[float, typer.Option(help="Objective margin at the bound.")] = 0.002,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json")] = None,
+) -> None:
+    """Run the promote flow: paired held-back comparison, alias move, live swap and watch."""
+    _quiet_defaults()
+    from flows.prefect_flows import promote as promote_flow
+
+    token = os.environ.get("AUTOPOIESIS_ADMIN_TOKEN")
+    names = [s.strip() for s in scenarios.split(",")] if scenarios else None
+    out = promote_flow(challenger=challenger, scenarios=names, admin_url=admin_url,
+                       admin_token=token, telemetry_dir=telemetry_dir, dwell_s=dwell_s,
+                       margin=margin, tracking_uri=tracking_uri)
+    console.print(f"promoted: {out['promoted']}; " + "; ".join(out["reasons"]), highlight=False)
+    _dump(json_out, out)
+
+
+def demo(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
+    workdir: Annotated[Path, typer.Option(help="Telemetry, state, MLflow db.")] = Path(
+        "mlruns/demo"
+    ),
+    llm: Annotated[str, typer.Option(help="none (Optuna only) or an OpenAI base URL.")] = "none",
+    quick: Annotated[bool, typer.Option(help="Shorter traffic (tests).")] = False,
+) -> None:
+    """The closed loop on a live router: shift, drift, evolve, promote, before/after."""
+    _quiet_defaults()
+    from flows.demo import DemoConfig, better, run_demo
+
+    cfg = DemoConfig(workdir=workdir, llm_base_url=None if llm == "none" else llm)
+    if quick:
+        from dataclasses import replace
+
+        cfg = replace(cfg, conv_s=20.0, code_s=50.0, pull_every_s=6.0, dwell_s=4.0)
+    out = run_demo(cfg, log=lambda m: console.print(m, highlight=False))
+    table = Table(title="Live code traffic: before vs after the promoted champion")
+    for col in ("", "SLO attainment", "TTFT p50", "TTFT p99", "E2E p50", "E2E p99", "requests"):
+        table.add_column(col, justify="right")
+    for name in ("before", "after"):
+        m = out[name]
+        if m:
+            table.add_row(name, f"{m['slo_attainment']:.3f}", f"{m['ttft_p50_s']:.3f}s",
+                          f"{m['ttft_p99_s']:.3f}s", f"{m['e2e_p50_s']:.3f}s",
+                          f"{m['e2e_p99_s']:.3f}s", f"{m['requests']:.0f}")
+    console.print(table)
+    console.print(
+        f"drift detected {out['drift_detected_s']}s after the shift; promoted "
+        f"v{out['promoted_version']} {out['promoted_s']}s after it; better: "
+        f"{better(out['before'], out['after'])}",
+        highlight=False,
+    )
+    console.print(f"MLflow UI:  mlflow ui --backend-store-uri {out['tracking_uri']}")
+    console.print("Prefect UI: prefect server start   (then: autopoiesis deploy)")
+    _dump(json_out, out)
+    if out["control_error"]:
+        console.print(f"[red]control plane error:[/] {out['control_error']}")
+        raise typer.Exit(1)
+
+
+def deploy(
+    telemetry_dir: Annotated[str, typer.Option(help="The router's telemetry directory.")] = (
+        "mlruns/telemetry"
+    ),
+    state_dir: Annotated[str, typer.Option(help="Watermark and reference window.")] = (
+        "mlruns/control"
+    ),
+    pull_every_s: Annotated[int, typer.Option(help="Pull schedule.")] = 300,
+    nightly_cron: Annotated[str, typer.Option(help="Evolve schedule.")] = "0 3 * * *",
+    apply_only: Annotated[bool, typer.Option(help="Register and exit; don't serve.")] = False,
+) -> None:
+    """Serve pull-telemetry, evolve and promote as scheduled Prefect deployments."""
+    _quiet_defaults()
+    from flows import deploy as d
+
+    deps = d.deployments(telemetry_dir, state_dir, pull_every_s, nightly_cron)
+    if apply_only:
+        ids = d.apply(deps)
+        console.print(f"registered {', '.join(d.DEPLOYMENTS)} ({len(ids)} deployments)")
+        return
+    console.print(f"serving {', '.join(d.DEPLOYMENTS)}; Ctrl-C stops")
+    d.serve(deps)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pull")(pull)
+    app.command("promote")(promote)
+    app.command("demo")(demo)
+    app.command("deploy")(deploy)
