@@ -43,6 +43,10 @@ def pull(
     ),
     chain: Annotated[str, typer.Option(help="deployment, inline or none.")] = "deployment",
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Live fleet, MODEL@COUNTxGPU[/tpK],... (default: 1 H100 per replica)."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
 ) -> None:
     """Run the pull-telemetry flow once: new window, drift test, maybe trigger evolve."""
@@ -50,7 +54,7 @@ def pull(
     from flows.prefect_flows import pull_telemetry
 
     out = pull_telemetry(str(telemetry_dir), state_dir=str(state_dir), chain=chain,
-                         tracking_uri=tracking_uri)
+                         tracking_uri=tracking_uri, cluster=cluster)
     console.print(
         f"{out.get('requests', 0)} requests; trigger: {out.get('trigger')}; "
         + "; ".join(out.get("reasons") or [out.get("reason") or "no drift"]),

@@ -71,6 +71,17 @@ def evolve(
     ] = None,
     backend: Annotated[str, typer.Option(help="Sandbox: process, docker or auto.")] = "process",
     parallel: Annotated[int, typer.Option(help="Sandboxes at once.")] = 2,
+    task_runner: Annotated[
+        str,
+        typer.Option(help="threads (in-process pool) or dask (Prefect tasks on a Dask cluster)."),
+    ] = "threads",
+    dask_address: Annotated[
+        str | None, typer.Option(help="Dask scheduler (default: a local cluster).")
+    ] = None,
+    dask_workers: Annotated[int, typer.Option(help="Workers of the local Dask cluster.")] = 2,
+    windows_dir: Annotated[
+        Path | None, typer.Option(help="Window files for window:<sha>:<variant> scenarios.")
+    ] = None,
     run_dir: Annotated[
         Path | None, typer.Option(help="Journal folder; an existing one is resumed.")
     ] = None,
@@ -92,8 +103,11 @@ def evolve(
     def names(text: str) -> tuple[str, ...]:
         return tuple(n.strip() for n in text.split(",") if n.strip())
 
+    if task_runner not in ("threads", "dask"):
+        _fail(f"unknown task runner {task_runner!r} (threads or dask)")
+    wdir = str(windows_dir.resolve()) if windows_dir else None
     quick = (
-        SuiteCfg(names(scenarios), (0,), scale)
+        SuiteCfg(names(scenarios), (0,), scale, windows_dir=wdir)
         if scenarios
         else SuiteCfg(QUICK_SUITE.scenarios, QUICK_SUITE.seeds, scale)
     )
@@ -152,13 +166,26 @@ def evolve(
     except EvolutionError as e:
         _fail(str(e))
     console.print(f"run dir: {run_dir}{' (resuming)' if evo.resumed else ''}")
+    runner = None
+    if task_runner == "dask":
+        from flows.fanout import TaskCascade, run_on
+        from flows.fanout import task_runner as make_runner
+
+        # Each evaluation a Prefect task on the Dask cluster (the flow runs on Prefect's
+        # local API unless PREFECT_API_URL names a server).
+        runner = make_runner("dask", dask_address=dask_address, dask_workers=dask_workers)
+        evo.cascade = TaskCascade(cfg, evo.journal)
     try:
         with progress:
-            summary = evo.run()
+            summary = evo.run() if runner is None else run_on(runner, evo.run)
     except (EvolutionError, SandboxUnavailable) as e:
         _fail(str(e))
     finally:
         evo.close()
+        if runner is not None:
+            from flows.fanout import close_evaluators
+
+            close_evaluators()
     table = Table(title="Evolution")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -161,6 +161,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     conv = shots("conv", cfg.conv_rate, 0.0, cfg.conv_s, cfg.seed)
     code = shots("code", cfg.code_rate, cfg.conv_s, cfg.code_s, cfg.seed)
     cluster = LiveCluster(("H100", "A100"), cfg.time_scale, telemetry)
+    # What the window scenarios replay on: the live fleet, one replica per engine.
+    fleet = "llama-3-8b@" + ",".join(f"1x{g}" for g in cluster.gpus)
     t0_holder: dict[str, float] = {}
     stop = threading.Event()
     control: dict[str, Any] = {"cycles": [], "error": None}
@@ -180,7 +182,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
             while not stop.wait(cfg.pull_every_s):
                 out = pf.pull_telemetry(str(telemetry), state_dir=str(state), tracking_uri=uri,
                                         chain="inline", settle_s=3.0, min_requests=40,
-                                        evolve_params=evolve_params)
+                                        evolve_params=evolve_params, cluster=fleet)
                 control["cycles"].append({k: out.get(k) for k in ("requests", "trigger",
                                                                   "reasons", "reason")})
                 log(f"[{time.time() - t0_holder['t0']:6.1f}s] pull: {out.get('requests')} "

@@ -5,6 +5,16 @@ does not find in the journal are submitted as ``evaluate_candidate`` tasks
 (``.map``) on the flow's task runner -- threads by default, a Dask cluster
 through ``prefect-dask`` -- instead of the in-process evaluator's thread pool.
 
+Task runners (``task_runner(kind, ...)``): ``threads`` (Prefect's thread pool,
+the default) or ``dask`` (``prefect-dask``'s ``DaskTaskRunner``): on the Dask
+scheduler at ``dask_address`` (a multi-machine cluster, e.g.
+``tcp://scheduler:8786``; every worker needs this package and a sandbox backend),
+or, without an address, on a ``distributed.LocalCluster`` of ``dask_workers``
+workers started for the run (process workers by default; ``dask_processes=False``
+runs them as threads of this process). ``run_on(runner, fn)`` runs ``fn`` --
+the evolution engine -- inside a flow with that runner, so its ``.map`` fan-out
+lands there.
+
 Retries: an evaluation that fails because of the sandbox (stage ``internal``,
 or the sandbox could not start) raises ``InfrastructureError`` and Prefect
 retries the task; a candidate's own failure (static, load, runtime, limit,
@@ -14,10 +24,10 @@ integrity) is a *result*, returned, never retried.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from prefect import task, unmapped
+from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
@@ -85,13 +95,71 @@ def evaluate_candidate(
     return resp.to_dict()
 
 
+TASK_RUNNERS = ("threads", "dask")
+
+
+def task_runner(
+    kind: str = "threads",
+    *,
+    dask_address: str | None = None,
+    dask_workers: int = 2,
+    dask_processes: bool = True,
+    threads: int | None = None,
+) -> Any:
+    """A Prefect task runner for the evaluation fan-out (see the module docstring)."""
+    if kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=threads)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise RuntimeError(f"task runner 'dask' needs prefect-dask ({e})") from None
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": max(1, int(dask_workers)),
+                "threads_per_worker": 1,
+                "processes": dask_processes,
+                "dashboard_address": None,
+            },
+        )
+    raise ValueError(f"unknown task runner {kind!r}; known: {', '.join(TASK_RUNNERS)}")
+
+
+_CALLS: dict[str, Callable[[], Any]] = {}
+
+
+@flow(name="evolve-fanout", log_prints=True)
+def _fanout_flow(call: str) -> Any:
+    # Prefect ships this flow with every task's context to the Dask workers, and
+    # cloudpickle copies the globals its code names: so the callable (the engine, with
+    # open files and locks) is looked up by a string key, never named or passed.
+    import sys
+
+    return sys.modules[__name__].__dict__["_CALLS"][call]()
+
+
+def run_on(runner: Any, fn: Callable[[], Any]) -> Any:
+    """``fn()`` inside a subflow whose task runner is ``runner`` (its ``.map`` lands there)."""
+    key = f"{id(fn):x}-{threading.get_ident():x}"
+    _CALLS[key] = fn
+    try:
+        return _fanout_flow.with_options(task_runner=runner)(key)
+    finally:
+        _CALLS.pop(key, None)
+
+
 class TaskCascade(Cascade):
     def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
         limits = Limits(wall_s=self.cfg.eval_wall_s, memory_mb=self.cfg.eval_memory_mb)
         reqs = [
             EvalRequest.build(
                 src, suite.scenarios, seeds=suite.seeds, scale=suite.scale, limits=limits,
-                name="candidate",
+                name="candidate", windows_dir=suite.windows_dir,
             )
             for src in sources
         ]

@@ -9,7 +9,15 @@ and the tests), or stops when ``chain="none"``.
 State between runs lives in ``state_dir`` (default ``mlruns/control``):
 ``watermark.json`` (the latest arrival already consumed), ``reference.json``
 (the window the champion was evolved on, as the drift test's sample) and
-``events.jsonl`` (one line per decision, for the demo's timings).
+``events.jsonl`` (one line per decision, for the demo's timings) and
+``windows/`` (the pulled windows as content-addressed window files, which the
+``window:`` scenarios name; ``sandbox.windows``).
+
+Scenarios: the pull flow saves each window's requests with the live fleet
+(``cluster``, a ``parse_cluster`` spec; default one H100 per replica seen) and
+hands ``evolve`` the window's replay and augmented variants plus the guard
+scenarios; the nearest catalogue scenarios are kept as the fallback, used when
+the window files are gone (``flows.window.resolve_scenarios``).
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ from flows.drift import DriftConfig, WindowSample, detect
 from flows.live import AdminClient, WatchConfig, watch
 from flows.promotion import PromotionConfig, compare
 from flows.registry import CHALLENGER, CHAMPION, PolicyRegistry
-from flows.window import build_window, sample_from, scenarios_for
+from flows.window import (
+    build_window,
+    default_fleet,
+    resolve_scenarios,
+    sample_from,
+    scenarios_for,
+    window_scenarios,
+)
 from serving.telemetry import read_telemetry
 
 DEFAULT_STATE = Path("mlruns") / "control"
@@ -63,8 +78,28 @@ def read_events(state_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def set_reference(state_dir: str | Path, sample: WindowSample, scenarios: list[str]) -> None:
-    _write(Path(state_dir) / "reference.json", {"sample": sample.to_dict(), "scenarios": scenarios})
+def set_reference(state_dir: str | Path, sample: WindowSample, scenarios: list[str],
+                  fallback: list[str] | None = None) -> None:
+    _write(Path(state_dir) / "reference.json",
+           {"sample": sample.to_dict(), "scenarios": scenarios, "fallback": fallback or []})
+
+
+def windows_dir_of(state_dir: str | Path, windows_dir: str | None = None) -> str:
+    """Where window files live: ``windows_dir``, or ``<state_dir>/windows`` (absolute)."""
+    return str(Path(windows_dir or Path(state_dir) / "windows").resolve())
+
+
+DEFAULT_FALLBACK = ["bursty-code", "steady-conv"]
+
+
+def _scenarios(state_dir: str, scenarios: list[str] | None, windows_dir: str,
+               fallback: list[str] | None) -> list[str]:
+    """The scenarios to replay: given, else the reference's; window files checked."""
+    ref = _read(Path(state_dir) / "reference.json", None) or {}
+    if not scenarios:
+        scenarios = ref.get("scenarios") or list(DEFAULT_FALLBACK)
+    fallback = fallback or ref.get("fallback") or list(DEFAULT_FALLBACK)
+    return list(resolve_scenarios(scenarios, windows_dir, fallback))
 
 
 def _log_run(tracking_uri: str | None, name: str, kind: str, metrics: dict[str, float],
@@ -133,8 +168,16 @@ def pull_telemetry(
     alpha: float = 0.01,
     min_requests: int = 50,
     evolve_params: dict[str, Any] | None = None,
+    cluster: str | None = None,
+    windows_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Read telemetry past the watermark, test for drift / SLO regression, maybe evolve."""
+    """Read telemetry past the watermark, test for drift / SLO regression, maybe evolve.
+
+    ``cluster``: the live fleet (``MODEL@COUNTxGPU[/tpK],...``) the window's
+    scenarios replay on; default one H100 per replica seen in the window.
+    """
+    from sandbox.windows import save_window
+
     log = get_run_logger()
     state = Path(state_dir)
     mark = _read(state / "watermark.json", {"arrival_unix_s": None})
@@ -153,11 +196,20 @@ def pull_telemetry(
     cur = sample_from(frame)
     ref_rec = _read(state / "reference.json", None)
     ref = WindowSample.from_dict(ref_rec["sample"]) if ref_rec else None
-    scen = list(scenarios_for(window))
+    fallback = list(scenarios_for(window))
+    wdir = windows_dir_of(state, windows_dir)
+    fleet = cluster or default_fleet(window)
+    try:
+        sha = save_window(frame, fleet, wdir)
+        scen = list(window_scenarios(sha, fleet))
+    except Exception as e:  # an unknown fleet, a full disk: the catalogue stands in
+        log.warning("window not saved (%s): nearest catalogue scenarios instead", e)
+        sha, scen = None, fallback
     out: dict[str, Any] = {"requests": window.requests, "window": window.to_dict(),
-                           "scenarios": scen, "trigger": False}
+                           "scenarios": scen, "fallback_scenarios": fallback,
+                           "window_sha256": sha, "fleet": fleet, "trigger": False}
     if ref is None:
-        set_reference(state, cur, scen)
+        set_reference(state, cur, scen, fallback)
         out["reason"] = "first window: kept as the reference"
         report = None
     else:
@@ -167,18 +219,20 @@ def pull_telemetry(
                                   if report else {})
     out["mlflow_run_id"] = _log_run(
         tracking_uri, "pull-telemetry", "pull", metrics,
-        {"scenarios": ",".join(scen), "telemetry_dir": telemetry_dir},
+        {"scenarios": ",".join(scen), "telemetry_dir": telemetry_dir,
+         "window_sha256": str(sha), "fleet": fleet},
         {"window.json": json.dumps(out, indent=1, default=str)}, _window_plot(ref, cur),
     )
     log.info("window: %d requests, %.2f req/s; %s", window.requests, window.rate,
              "; ".join(out.get("reasons") or [out.get("reason", "no drift")]))
     if out["trigger"]:
         record_event(state, "drift", reasons=out["reasons"], window_end=window.end_unix_s)
-        params = {"scenarios": scen, "state_dir": state_dir, "tracking_uri": tracking_uri,
-                  "chain": chain, **(evolve_params or {})}
+        params = {"scenarios": scen, "fallback_scenarios": fallback, "state_dir": state_dir,
+                  "windows_dir": wdir, "tracking_uri": tracking_uri, "chain": chain,
+                  **(evolve_params or {})}
         out["evolve"] = _chain(chain, "evolve/evolve", evolve, params)
         # The new traffic is what the next champion is evolved on.
-        set_reference(state, cur, scen)
+        set_reference(state, cur, scen, fallback)
     return out
 
 
@@ -200,19 +254,34 @@ def evolve(
     seed: int = 0,
     seeds_policies: list[str] | None = None,
     promote_params: dict[str, Any] | None = None,
+    fallback_scenarios: list[str] | None = None,
+    windows_dir: str | None = None,
+    task_runner: str = "threads",
+    dask_address: str | None = None,
+    dask_workers: int = 2,
 ) -> dict[str, Any]:
-    """The evolution engine as a flow; candidate evaluations are ``evaluate-candidate`` tasks."""
+    """The evolution engine as a flow; candidate evaluations are ``evaluate-candidate`` tasks.
+
+    Scenarios: ``scenarios`` (default: the reference window's), ``window:`` ones
+    only where their file is in ``windows_dir`` (default ``<state_dir>/windows``),
+    else ``fallback_scenarios``. ``task_runner``: ``threads`` (this flow's pool) or
+    ``dask`` (the scheduler at ``dask_address``, or a local cluster of
+    ``dask_workers`` workers), see ``flows.fanout``.
+    """
     from flows.evolution.config import EvolutionConfig, LLMConfig, Suite
     from flows.evolution.engine import Evolution
     from flows.evolution.tracking import Tracker
-    from flows.fanout import TaskCascade, close_evaluators
+    from flows.fanout import TaskCascade, close_evaluators, run_on
+    from flows.fanout import task_runner as make_runner
 
     log = get_run_logger()
-    if not scenarios:
-        ref = _read(Path(state_dir) / "reference.json", None)
-        scenarios = ref["scenarios"] if ref else ["bursty-code", "steady-conv"]
+    wdir = windows_dir_of(state_dir, windows_dir)
+    scenarios = _scenarios(state_dir, scenarios, wdir, fallback_scenarios)
+    runner = None if task_runner == "threads" else make_runner(
+        task_runner, dask_address=dask_address, dask_workers=dask_workers)
+    log.info("evolve on %s (task runner %s)", ", ".join(scenarios), task_runner)
     cfg = EvolutionConfig(
-        quick=Suite(tuple(scenarios), (0,), scale),
+        quick=Suite(tuple(scenarios), (0,), scale, windows_dir=wdir),
         full=None,
         generations=generations,
         population=population,
@@ -234,17 +303,21 @@ def evolve(
     evo = Evolution(cfg, run_dir, tracker=Tracker(tracking_uri), champion=champ)
     evo.cascade = TaskCascade(cfg, evo.journal)  # fan out as Prefect tasks
     try:
-        summary = evo.run()
+        summary = evo.run() if runner is None else run_on(runner, evo.run)
     finally:
         evo.close()
         close_evaluators()
     log.info("evolution: seed %.4f -> best %.4f, registered %s", summary["seed_objective"],
              summary["best_objective"], summary["registered_version"])
     record_event(state_dir, "evolved", version=summary["registered_version"],
-                 best=summary["best_objective"], seed=summary["seed_objective"])
+                 best=summary["best_objective"], seed=summary["seed_objective"],
+                 scenarios=scenarios)
+    summary["scenarios"] = scenarios
     if summary["registered_version"] is not None:
+        # Promotion replays what evolution saw (the same window), on held-back seeds.
         params = {"challenger": summary["registered_version"], "state_dir": state_dir,
-                  "tracking_uri": tracking_uri, **(promote_params or {})}
+                  "tracking_uri": tracking_uri, "scenarios": scenarios, "windows_dir": wdir,
+                  **(promote_params or {})}
         summary["promote"] = _chain(chain, "promote/promote", promote, params)
     return summary
 
@@ -290,6 +363,7 @@ def promote(
     dwell_s: float = 30.0,
     rollback_tolerance: float = 0.05,
     min_live_requests: int = 30,
+    windows_dir: str | None = None,
 ) -> dict[str, Any]:
     """Challenger vs champion, paired and held back; promote, swap live, watch, roll back."""
     from flows.promotion import HELD_BACK_SEEDS
@@ -303,11 +377,12 @@ def promote(
         reg.set_alias(CHAMPION, chal.version)
         return {"promoted": True, "version": chal.version, "reasons": ["no champion yet"]}
     champ = reg.fetch(CHAMPION)
-    if not scenarios:
-        ref = _read(Path(state_dir) / "reference.json", None)
-        scenarios = ref["scenarios"] if ref else list(PromotionConfig().scenarios)
+    wdir = windows_dir_of(state_dir, windows_dir)
+    if not scenarios and _read(Path(state_dir) / "reference.json", None) is None:
+        scenarios = list(PromotionConfig().scenarios)
+    scenarios = _scenarios(state_dir, scenarios, wdir, None)
     cfg = PromotionConfig(scenarios=tuple(scenarios), seeds=tuple(seeds or HELD_BACK_SEEDS),
-                          scale=scale, margin=margin, tolerance=tolerance)
+                          scale=scale, margin=margin, tolerance=tolerance, windows_dir=wdir)
     dec = _compare_task(champ.source, chal.source, cfg)
     out: dict[str, Any] = {"champion": champ.version, "challenger": chal.version,
                            "promoted": dec["promote"], "reasons": dec["reasons"],

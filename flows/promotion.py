@@ -52,6 +52,8 @@ class PromotionConfig:
     backend: str = "process"
     parallel: int = 2
     eval_wall_s: float = 120.0
+    windows_dir: str | None = None
+    """Folder of the window files ``window:`` scenarios name."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,8 @@ def evaluate_pair(
     try:
         reqs = [
             EvalRequest.build(
-                src, cfg.scenarios, seeds=cfg.seeds, scale=cfg.scale, limits=limits, name=name
+                src, cfg.scenarios, seeds=cfg.seeds, scale=cfg.scale, limits=limits, name=name,
+                windows_dir=cfg.windows_dir,
             )
             for name, src in (("champion", champion_source), ("challenger", challenger_source))
         ]

@@ -1,12 +1,14 @@
 """A pulled workload window: telemetry rows -> the statistics the control plane decides on.
 
-Also maps a window to sandbox scenarios. The sandbox protocol replays named
-catalogue scenarios only (a request carries names, not traces), so "scenarios
-built from the window" means: the catalogue scenarios whose traffic is nearest
-to the window (log mean prompt and output length, burstiness, prefix reuse),
-at several trace stretches (seeds), plus fixed guard scenarios for known
-failure modes. Replaying the window's own trace needs a protocol extension in
-``sandbox/``.
+Also maps a window to sandbox scenarios. The pull flow saves the window's own
+requests as a content-addressed window file (``sandbox.windows``: telemetry
+Parquet plus the live fleet, named by its sha256), and the scenarios are that
+window replayed (``window:<sha>:replay``) and its augmented variants (rate
+scaled, a burst injected, GPUs lost: ``window_scenarios``), plus fixed guard
+scenarios for known failure modes. When no window file can be had, the
+fallback is the catalogue scenarios whose traffic is nearest to the window
+(log mean prompt and output length, burstiness), plus the guards
+(``scenarios_for``).
 """
 
 from __future__ import annotations
@@ -135,6 +137,35 @@ def catalogue_features() -> dict[str, tuple[float, float, float]]:
             cv,
         )
     return out
+
+
+def default_fleet(window: Window, model: str = "llama-3-8b", gpu: str = "H100") -> str:
+    """The fleet when the caller names none: one ``gpu`` replica per replica seen live."""
+    return f"{model}@{max(1, window.replicas)}x{gpu}"
+
+
+def window_scenarios(sha256: str, fleet: str) -> tuple[str, ...]:
+    """The window replayed, its augmented variants, then the guards."""
+    from sandbox.windows import window_names
+
+    return tuple(dict.fromkeys([*window_names(sha256, fleet), *GUARD_SCENARIOS]))
+
+
+def resolve_scenarios(
+    scenarios: list[str] | tuple[str, ...], windows_dir: str | None,
+    fallback: list[str] | tuple[str, ...],
+) -> tuple[str, ...]:
+    """``scenarios`` without the ``window:`` ones whose file is not in ``windows_dir``;
+    when that drops every window scenario, ``fallback`` (the nearest catalogue ones)
+    takes their place."""
+    from sandbox.windows import exists, is_window_name
+
+    wins = [s for s in scenarios if is_window_name(s)]
+    kept_wins = [s for s in wins if exists(s, windows_dir)]
+    rest = [s for s in scenarios if not is_window_name(s)]
+    if wins and not kept_wins:
+        return tuple(dict.fromkeys([*fallback, *rest]))
+    return tuple(dict.fromkeys([*kept_wins, *rest]))
 
 
 def scenarios_for(window: Window, nearest: int = 2) -> tuple[str, ...]:

@@ -87,8 +87,12 @@ LOCAL_SCENARIOS["sandbox-tiny"] = _tiny_scenario
 LOCAL_SCENARIOS["sandbox-micro"] = lambda seed: _tiny_scenario(seed, n=60, name="sandbox-micro")
 
 
-def build(name: str, seed: int, scale: float = 1.0):
-    """A scenario by name: the catalogue's first, then the local ones."""
+def build(name: str, seed: int, scale: float = 1.0, windows_dir: str | None = None):
+    """A scenario by name: a ``window:`` one, the catalogue's, then the local ones."""
+    if name.startswith("window:"):
+        from sandbox.windows import build_window_scenario
+
+        return build_window_scenario(name, seed, scale=scale, directory=windows_dir)
     try:
         from sandbox import scenarios as catalogue  # type: ignore[attr-defined]
     except ImportError:
@@ -203,14 +207,20 @@ def evaluate(req: EvalRequest) -> EvalResponse:
             return reject("static", bad)
 
     from sandbox.simulator import PolicyFault, simulate
+    from sandbox.windows import WINDOWS_ENV, WindowIntegrityError
     from serving.policy_loader import PolicyError, load_policy
 
+    # Inside a sandbox the backend mounted the windows folder and names it in the
+    # environment; run in-process (trusted), the request's host folder is used.
+    windows_dir = os.environ.get(WINDOWS_ENV) or req.windows_dir
     # Build the scenarios before any candidate code runs: a bad name is the caller's error.
     scenarios = {}
     for name in dict.fromkeys(req.scenarios):
         for seed in req.seeds:
             try:
-                scenarios[(name, seed)] = build(name, seed, req.scale)
+                scenarios[(name, seed)] = build(name, seed, req.scale, windows_dir)
+            except WindowIntegrityError as e:
+                return reject("integrity", str(e), scenario=name, seed=seed)
             except Exception as e:  # the catalogue's fault or the caller's, never the policy's
                 return reject(
                     "internal",
@@ -339,7 +349,8 @@ def _preload() -> None:
     import serving.policy_loader  # noqa: F401
 
     with contextlib.suppress(ImportError):
-        import sandbox.scenarios  # noqa: F401
+        import sandbox.scenarios
+        import sandbox.windows  # noqa: F401
 
 
 def main() -> None:
@@ -357,8 +368,10 @@ def main() -> None:
         try:
             req = EvalRequest.from_json(line)
         except ProtocolError as e:
+            from sandbox.protocol import PROTOCOL_VERSION
+
             resp = {
-                "version": 1,
+                "version": PROTOCOL_VERSION,
                 "key": "",
                 "ok": False,
                 "results": [],

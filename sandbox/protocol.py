@@ -21,6 +21,14 @@ Stages:
                time or simulator objects, a forged or corrupt response
 ``internal``   the sandbox itself failed (not the candidate's fault; retry-worthy)
 
+Scenario names are catalogue names (``sandbox.scenarios``), the harness's local
+ones, or ``window:<sha256 prefix>:<variant>``: a pulled live window replayed from
+its content-addressed file (``sandbox.windows``). ``windows_dir`` names the host
+folder of those files; the backend mounts it read-only into the sandbox (at
+``/windows``), and the harness checks each file's sha256 against its name before
+use (a mismatch is an ``integrity`` rejection). The folder is not part of the key:
+the name's hash prefix already pins the content.
+
 The reproducibility key of an evaluation is ``EvalRequest.key``: a hash of the
 source hash, the scenario set, the seeds, the parameter overrides and the
 simulation mode. The same key must give the same results.
@@ -36,7 +44,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: ``EvalRequest.windows_dir`` (the host folder of content-addressed window files)."""
 
 Stage = Literal["static", "load", "runtime", "limit", "integrity", "internal"]
 STAGES: tuple[str, ...] = ("static", "load", "runtime", "limit", "integrity", "internal")
@@ -103,6 +112,8 @@ class EvalRequest:
     prove that the isolation boundary contains a candidate on its own."""
     nonce: str = ""
     """Random per-request token the response must echo (guards against a canned reply)."""
+    windows_dir: str | None = None
+    """Host folder of window files for ``window:`` scenarios (mounted read-only)."""
     version: int = PROTOCOL_VERSION
 
     @classmethod
@@ -118,7 +129,9 @@ class EvalRequest:
         mode: str = "fast",
         scale: float = 1.0,
         static_checks: bool = True,
+        windows_dir: str | None = None,
     ) -> EvalRequest:
+        """``windows_dir`` defaults to ``$AUTOPOIESIS_WINDOWS`` when a scenario is a window."""
         if isinstance(scenarios, str):
             scenarios = (scenarios,)
         if not scenarios:
@@ -137,6 +150,7 @@ class EvalRequest:
             scale=float(scale),
             static_checks=static_checks,
             nonce=secrets.token_hex(16),
+            windows_dir=_windows_dir(windows_dir, scenarios),
         )
 
     @property
@@ -180,6 +194,7 @@ class EvalRequest:
                 scale=float(d.get("scale", 1.0)),
                 static_checks=bool(d.get("static_checks", True)),
                 nonce=str(d.get("nonce", "")),
+                windows_dir=None if d.get("windows_dir") is None else str(d["windows_dir"]),
                 version=int(d["version"]),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -306,6 +321,16 @@ class EvalResponse:
     @classmethod
     def reject(cls, request: EvalRequest, stage: str, reason: str, **kw: Any) -> EvalResponse:
         return cls(key=request.key, rejection=Rejection(stage, reason, **kw), nonce=request.nonce)
+
+
+def _windows_dir(explicit: str | None, scenarios: Sequence[str]) -> str | None:
+    import os
+
+    if explicit is not None:
+        return str(explicit)
+    if any(str(s).startswith("window:") for s in scenarios):
+        return os.environ.get("AUTOPOIESIS_WINDOWS") or None
+    return None
 
 
 def _loads(text: str | bytes, what: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import numpy as np
 from sandbox.scenario import SLO, ClusterEvent, ClusterSpec, Scenario
 from sandbox.traces import load_trace, trace_path
 from sandbox.transforms import concat, resample_lengths, scale_rate, window
+from sandbox.windows import build_window_scenario, is_window_name
 from sandbox.workload import Workload, WorkloadError
 from serving.capacity import saturation_rps
 from serving.contract import Plan, ReplicaSpec
@@ -479,12 +480,21 @@ def _entry(name: str) -> _Entry:
         ) from None
 
 
-def build_scenario(name: str, seed: int = 0, *, scale: float = 1.0) -> Scenario:
+def build_scenario(
+    name: str, seed: int = 0, *, scale: float = 1.0, windows_dir: str | None = None
+) -> Scenario:
     """The scenario ``name`` for ``seed`` at ``scale`` (0 < scale <= 1; 1 = full size).
 
+    A ``window:<sha256 prefix>:<variant>`` name is a pulled live window replayed from
+    its content-addressed file in ``windows_dir`` (default ``$AUTOPOIESIS_WINDOWS``):
+    see ``sandbox.windows``.
+
     Raises ValueError for an unknown name (listing the known ones) or a bad scale, and
-    WorkloadError when the shared traces are missing.
+    WorkloadError when the shared traces (or the window file) are missing;
+    ``sandbox.windows.WindowIntegrityError`` when a window file does not match its hash.
     """
+    if is_window_name(name):
+        return build_window_scenario(name, seed, scale=scale, directory=windows_dir)
     entry = _entry(name)
     size = scenario_size(name, scale)
     workload, cluster, events, slo = entry.build(seed, size)

@@ -133,3 +133,9 @@ def test_closed_loop_with_scripted_llm(tmp_path: Path):
     kinds = [e["event"] for e in out["events"]]
     assert kinds[:4] == ["drift", "evolved", "promoted", "swapped"]
     assert llm.calls  # the proposer asked the scripted server
+    # Evolution replayed the pulled window itself (and its variants) plus the guards.
+    evolved = next(e for e in out["events"] if e["event"] == "evolved")
+    variants = [s.rsplit(":", 1)[1] for s in evolved["scenarios"] if s.startswith("window:")]
+    # (gpu-loss joins from three replicas on; the demo's fleet has two)
+    assert variants == ["replay", "rate-1.5x", "burst"], evolved["scenarios"]
+    assert list(tmp_path.glob("state-*/windows/*.parquet"))

@@ -81,6 +81,7 @@ class Cascade:
                 scale=suite.scale,
                 limits=self.limits,
                 name="candidate",
+                windows_dir=suite.windows_dir,
             )
             for src in sources
         ]
@@ -103,6 +104,7 @@ class Cascade:
                         scale=req.scale,
                         limits=req.limits,
                         name=req.name,
+                        windows_dir=req.windows_dir,
                     )
                 ).result()
             self.sandbox_evaluations += 1
@@ -156,6 +158,7 @@ class Cascade:
                     scale=suite.scale,
                     limits=self.limits,
                     name="candidate",
+                    windows_dir=suite.windows_dir,
                 )
                 for src in sources
             ]

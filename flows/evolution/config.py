@@ -23,6 +23,9 @@ class Suite:
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...] = (0,)
     scale: float = 0.2
+    windows_dir: str | None = None
+    """Folder of the window files that ``window:`` scenarios name (``sandbox.windows``).
+    Not part of the digest: a window name's hash prefix already pins its content."""
 
     def __post_init__(self) -> None:
         if not self.scenarios:
@@ -157,6 +160,9 @@ class EvolutionConfig:
         d = self.to_dict()
         for volatile in ("budget", "backend", "parallel", "eval_wall_s"):
             d.pop(volatile, None)
+        for suite in ("quick", "full"):  # where window files live is not what they hold
+            if d.get(suite):
+                d[suite].pop("windows_dir", None)
         # The endpoint URL may change between sessions (a local server's port); the models not.
         d["llm"] = {k: d["llm"][k] for k in ("models", "max_tokens", "temperature")}
         d["llm"]["enabled"] = self.llm.enabled

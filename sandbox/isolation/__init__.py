@@ -25,6 +25,11 @@ in an isolated place, sends it one request line and reads one response line:
     environment but *no* namespaces. Only when asked for by name; it warns
     on every evaluation. Nothing ever falls back to it silently.
 
+Both mount the shared data (``shared/``) read-only at /shared, and a request's
+``windows_dir`` (the pulled windows' content-addressed files, for ``window:``
+scenarios) read-only at /windows (bubblewrap ``--ro-bind``, a Docker ``ro``
+bind); pre-started sandboxes are pooled by (limits, windows folder).
+
 ``choose_backend("auto")`` takes Docker when a daemon answers and the image
 exists, else bubblewrap, and says loudly which isolation is in force.
 

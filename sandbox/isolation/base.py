@@ -12,7 +12,7 @@ import weakref
 from abc import ABC, abstractmethod
 from dataclasses import replace
 
-from sandbox.isolation.environment import SandboxUnavailable
+from sandbox.isolation.environment import SandboxUnavailable, windows_source
 from sandbox.isolation.outcome import RawRun, interpret
 from sandbox.isolation.pipes import _thread
 from sandbox.protocol import EvalRequest, EvalResponse, Limits
@@ -58,7 +58,8 @@ class Backend(ABC):
 
     def __init__(self, *, prewarm: int = 0) -> None:
         self.prewarm = max(0, int(prewarm))
-        self._pool: dict[Limits, list[_Worker]] = {}
+        # Pre-started sandboxes by what they were started for: limits and windows mount.
+        self._pool: dict[tuple[Limits, str | None], list[_Worker]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._refills: list[threading.Thread] = []
@@ -67,7 +68,8 @@ class Backend(ABC):
 
     # subclasses
     @abstractmethod
-    def _spawn(self, limits: Limits) -> _Worker: ...
+    def _spawn(self, limits: Limits, windows: str | None = None) -> _Worker:
+        """Start one sandbox; ``windows`` (a host folder) is mounted read-only at /windows."""
 
     @abstractmethod
     def describe(self, limits: Limits | None = None) -> str:
@@ -83,7 +85,7 @@ class Backend(ABC):
                 return replace(resp, backend=self.name, wall_s=time.monotonic() - t0)
         self._before_run()
         try:
-            worker = self._take(req.limits)
+            worker = self._take(req.limits, windows_source(req.windows_dir))
         except SandboxUnavailable:
             raise
         except Exception as e:
@@ -103,10 +105,11 @@ class Backend(ABC):
         """Hook: the unsafe backend warns here, every time."""
         return None
 
-    def _take(self, limits: Limits) -> _Worker:
+    def _take(self, limits: Limits, windows: str | None = None) -> _Worker:
         worker = None
+        key = (limits, windows)
         with self._lock:
-            warm = self._pool.get(limits, [])
+            warm = self._pool.get(key, [])
             # the oldest ready one first (it has finished importing), else the oldest
             warm.sort(key=lambda w: not w.wait_ready(0))
             while warm and worker is None:
@@ -116,8 +119,8 @@ class Backend(ABC):
                 else:
                     w.discard()
         if self.prewarm:
-            self._refill(limits)
-        return worker if worker is not None else self._spawn(limits)
+            self._refill(limits, windows)
+        return worker if worker is not None else self._spawn(limits, windows)
 
     def warm_up(self, limits: Limits | None = None, *, wait: bool = True) -> None:
         """Start ``prewarm`` sandboxes for ``limits`` now (ahead of the first evaluation)."""
@@ -127,18 +130,20 @@ class Backend(ABC):
             if wait and t is not None:
                 t.join()
                 with self._lock:
-                    workers = list(self._pool.get(limits, []))
+                    workers = list(self._pool.get((limits, None), []))
                 for w in workers:
                     w.wait_ready(30)
 
-    def _refill(self, limits: Limits) -> threading.Thread | None:
+    def _refill(self, limits: Limits, windows: str | None = None) -> threading.Thread | None:
+        key = (limits, windows)
+
         def fill() -> None:
             while not self._closed:
                 with self._lock:
-                    if len(self._pool.get(limits, [])) >= self.prewarm:
+                    if len(self._pool.get(key, [])) >= self.prewarm:
                         return
                 try:
-                    w = self._spawn(limits)
+                    w = self._spawn(limits, windows)
                 except Exception as e:
                     log.warning("sandbox %s: could not pre-start a sandbox: %s", self.name, e)
                     return
@@ -146,7 +151,7 @@ class Backend(ABC):
                     if self._closed:
                         w.discard()
                         return
-                    self._pool.setdefault(limits, []).append(w)
+                    self._pool.setdefault(key, []).append(w)
 
         self._refills = [t for t in self._refills if t.is_alive()]
         if self._refills:  # one filler at a time is enough

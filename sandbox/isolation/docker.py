@@ -18,6 +18,7 @@ from sandbox.isolation.environment import (
     CODE_ROOT,
     IMAGE,
     LABEL,
+    WINDOWS_MOUNT,
     SandboxUnavailable,
     code_hash,
     find_shared_dir,
@@ -34,7 +35,9 @@ _OWNER = f"{_HOST}:{os.getpid()}"
 
 
 class _DockerWorker(_Worker):
-    def __init__(self, backend: DockerBackend, limits: Limits) -> None:
+    def __init__(
+        self, backend: DockerBackend, limits: Limits, windows: str | None = None
+    ) -> None:
         from docker.utils.socket import frames_iter
 
         self.backend = backend
@@ -45,7 +48,8 @@ class _DockerWorker(_Worker):
         self.err = _Capped(min(limits.output_bytes, 256 * 1024), tail=True)
         self.cid: str | None = None
         self._discarded = False
-        self.cid = api.create_container(**backend.container_config(limits, self.marker))["Id"]
+        config = backend.container_config(limits, self.marker, windows)
+        self.cid = api.create_container(**config)["Id"]
         backend._live.add(self.cid)
         try:
             self.sock = api.attach_socket(
@@ -181,14 +185,22 @@ class DockerBackend(Backend):
             + (", code mounted read-only from this tree" if self.mount_code else "")
         )
 
-    def container_config(self, limits: Limits, marker: str) -> dict:
+    def container_config(self, limits: Limits, marker: str, windows: str | None = None) -> dict:
+        """``windows``: a host folder of window files, bound read-only at /windows."""
         from docker.types import Ulimit
 
         api = self.client.api
-        env = sandbox_env(marker, pythonpath="/app", shared="/shared" if self.shared_dir else None)
+        env = sandbox_env(
+            marker,
+            pythonpath="/app",
+            shared="/shared" if self.shared_dir else None,
+            windows=WINDOWS_MOUNT if windows else None,
+        )
         binds = {}
         if self.shared_dir:
             binds[self.shared_dir] = {"bind": "/shared", "mode": "ro"}
+        if windows:
+            binds[windows] = {"bind": WINDOWS_MOUNT, "mode": "ro"}
         if self.mount_code:
             for pkg in CODE_PACKAGES:
                 binds[str(CODE_ROOT / pkg)] = {"bind": f"/app/{pkg}", "mode": "ro"}
@@ -230,8 +242,8 @@ class DockerBackend(Backend):
             "host_config": host_config,
         }
 
-    def _spawn(self, limits: Limits) -> _Worker:
-        return _DockerWorker(self, limits)
+    def _spawn(self, limits: Limits, windows: str | None = None) -> _Worker:
+        return _DockerWorker(self, limits, windows)
 
     def _remove_later(self, cid: str) -> None:
         def rm() -> None:

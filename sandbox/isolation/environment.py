@@ -47,7 +47,21 @@ def find_shared_dir(explicit: str | None = None) -> str | None:
     return str(Path(cand).resolve()) if Path(cand).is_dir() else None
 
 
-def sandbox_env(marker: str, *, pythonpath: str, shared: str | None) -> dict[str, str]:
+WINDOWS_MOUNT = "/windows"
+"""Where a sandbox sees the request's windows folder (read-only)."""
+
+
+def windows_source(path: str | None) -> str | None:
+    """The host windows folder to mount, resolved; None when absent or not a folder."""
+    if not path:
+        return None
+    p = Path(path).resolve()
+    return str(p) if p.is_dir() else None
+
+
+def sandbox_env(
+    marker: str, *, pythonpath: str, shared: str | None, windows: str | None = None
+) -> dict[str, str]:
     """The whole environment of a sandbox: built here, nothing inherited from the host."""
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -65,4 +79,6 @@ def sandbox_env(marker: str, *, pythonpath: str, shared: str | None) -> dict[str
     }
     if shared:
         env["AUTOPOIESIS_SHARED"] = shared
+    if windows:
+        env["AUTOPOIESIS_WINDOWS"] = windows
     return env

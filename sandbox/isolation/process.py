@@ -21,6 +21,7 @@ from sandbox.isolation.cgroup import Cgroup
 from sandbox.isolation.environment import (
     CODE_PACKAGES,
     CODE_ROOT,
+    WINDOWS_MOUNT,
     SandboxUnavailable,
     find_shared_dir,
     sandbox_env,
@@ -249,13 +250,19 @@ class ProcessBackend(Backend):
                 "(no namespaces; rlimits and a scrubbed environment only)"
             )
 
-    def _argv(self, marker: str) -> tuple[list[str], dict[str, str], str]:
+    def _argv(
+        self, marker: str, windows: str | None = None
+    ) -> tuple[list[str], dict[str, str], str]:
         harness = ["-B", "-s", "-m", "sandbox.harness"]
         if self.unsafe:
-            env = sandbox_env(marker, pythonpath=str(self.code_root), shared=self.shared_dir)
+            env = sandbox_env(
+                marker, pythonpath=str(self.code_root), shared=self.shared_dir, windows=windows
+            )
             return [self.python, *harness], env, "/tmp"
         shared_in = "/shared" if self.shared_dir else None
-        env = sandbox_env(marker, pythonpath="/app", shared=shared_in)
+        env = sandbox_env(
+            marker, pythonpath="/app", shared=shared_in, windows=WINDOWS_MOUNT if windows else None
+        )
         argv = [
             self.bwrap,
             "--unshare-all",
@@ -298,6 +305,8 @@ class ProcessBackend(Backend):
             argv += ["--ro-bind", str(self.code_root / pkg), f"/app/{pkg}"]
         if self.shared_dir:
             argv += ["--ro-bind", self.shared_dir, "/shared"]
+        if windows:
+            argv += ["--ro-bind", windows, WINDOWS_MOUNT]
         argv += [
             "--proc",
             "/proc",
@@ -315,9 +324,9 @@ class ProcessBackend(Backend):
         ]
         return argv, env, "/"
 
-    def _spawn(self, limits: Limits) -> _Worker:
+    def _spawn(self, limits: Limits, windows: str | None = None) -> _Worker:
         marker = uuid.uuid4().hex
-        argv, env, cwd = self._argv(marker)
+        argv, env, cwd = self._argv(marker, windows)
         # bwrap's --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that
         # forked it exits: fork from one long-lived thread, never from a short one.
         return (

@@ -24,6 +24,13 @@ def _load_telemetry(
         frame = read_telemetry(path, since_unix_s=since_unix_s)
     except TelemetryError as exc:
         raise WorkloadError(str(exc)) from exc
+    return _from_frame(frame, path, name, statuses)
+
+
+def _from_frame(
+    frame, path: Path | str, name: str | None, statuses: tuple[str, ...] | None = None
+) -> Workload:
+    """A telemetry frame (rows sorted by arrival) as a Workload; ``path`` names it in errors."""
     if statuses is not None:
         frame = frame[frame["status"].isin(statuses)].reset_index(drop=True)
     if frame.empty:
