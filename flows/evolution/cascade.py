@@ -72,8 +72,8 @@ class Cascade:
     def describe(self) -> str:
         return self.evaluator.backend.describe(self.limits)
 
-    def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
-        reqs = [
+    def _requests(self, sources: Sequence[str], suite: Suite) -> list[EvalRequest]:
+        return [
             EvalRequest.build(
                 src,
                 suite.scenarios,
@@ -85,6 +85,9 @@ class Cascade:
             )
             for src in sources
         ]
+
+    def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
+        reqs = self._requests(sources, suite)
         out: list[Outcome | None] = [None] * len(reqs)
         pending = []
         for i, req in enumerate(reqs):
@@ -150,18 +153,7 @@ class Cascade:
             self.cfg.backend, max_parallel=self.cfg.parallel, cache=False, limits=self.limits
         )
         try:
-            reqs = [
-                EvalRequest.build(
-                    src,
-                    suite.scenarios,
-                    seeds=suite.seeds,
-                    scale=suite.scale,
-                    limits=self.limits,
-                    name="candidate",
-                    windows_dir=suite.windows_dir,
-                )
-                for src in sources
-            ]
+            reqs = self._requests(sources, suite)
             return [self._outcome(r) for r in ev.evaluate_many(reqs)]
         finally:
             ev.close()
