@@ -304,6 +304,8 @@ def evaluate(
     from sandbox.backends import SandboxUnavailable
     from sandbox.selftest import evaluate as run
 
+    if not policy.is_file():
+        _fail(f"policy file '{policy}' not found")
     try:
         report = run(
             policy,
