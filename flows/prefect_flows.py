@@ -47,6 +47,8 @@ from serving.telemetry import read_telemetry
 
 DEFAULT_STATE = Path("mlruns") / "control"
 SETTLE_S = 5.0
+HOLDOUT_FRACTION = 0.25
+"""The newest quarter of each window is kept from evolution and judges promotion."""
 """Rows are written when requests finish, so a request that arrived just before the
 newest one may still be in flight: only arrivals this much older than the newest row
 are consumed, and the watermark never passes an unfinished stretch."""
@@ -199,14 +201,22 @@ def pull_telemetry(
     fallback = list(scenarios_for(window))
     wdir = windows_dir_of(state, windows_dir)
     fleet = cluster or default_fleet(window)
+    # Evolution sees the older part of the window; the newest part is held back so
+    # that promotion judges the challenger on traffic it was not tuned on.
+    cut = float(frame.arrival_unix_s.quantile(1 - HOLDOUT_FRACTION))
+    learn, held = frame[frame.arrival_unix_s <= cut], frame[frame.arrival_unix_s > cut]
     try:
-        sha = save_window(frame, fleet, wdir)
+        sha = save_window(learn, fleet, wdir)
         scen = list(window_scenarios(sha, fleet))
+        holdout = scen
+        if len(held):
+            holdout = list(window_scenarios(save_window(held, fleet, wdir), fleet))
     except Exception as e:  # an unknown fleet, a full disk: the catalogue stands in
         log.warning("window not saved (%s): nearest catalogue scenarios instead", e)
-        sha, scen = None, fallback
+        sha, scen, holdout = None, fallback, fallback
     out: dict[str, Any] = {"requests": window.requests, "window": window.to_dict(),
-                           "scenarios": scen, "fallback_scenarios": fallback,
+                           "scenarios": scen, "holdout_scenarios": holdout,
+                           "fallback_scenarios": fallback,
                            "window_sha256": sha, "fleet": fleet, "trigger": False}
     if ref is None:
         set_reference(state, cur, scen, fallback)
@@ -227,7 +237,8 @@ def pull_telemetry(
              "; ".join(out.get("reasons") or [out.get("reason", "no drift")]))
     if out["trigger"]:
         record_event(state, "drift", reasons=out["reasons"], window_end=window.end_unix_s)
-        params = {"scenarios": scen, "fallback_scenarios": fallback, "state_dir": state_dir,
+        params = {"scenarios": scen, "holdout_scenarios": holdout,
+                  "fallback_scenarios": fallback, "state_dir": state_dir,
                   "windows_dir": wdir, "tracking_uri": tracking_uri, "chain": chain,
                   **(evolve_params or {})}
         out["evolve"] = _chain(chain, "evolve/evolve", evolve, params)
@@ -259,6 +270,7 @@ def evolve(
     task_runner: str = "threads",
     dask_address: str | None = None,
     dask_workers: int = 2,
+    holdout_scenarios: list[str] | None = None,
 ) -> dict[str, Any]:
     """The evolution engine as a flow; candidate evaluations are ``evaluate-candidate`` tasks.
 
@@ -314,9 +326,10 @@ def evolve(
                  scenarios=scenarios)
     summary["scenarios"] = scenarios
     if summary["registered_version"] is not None:
-        # Promotion replays what evolution saw (the same window), on held-back seeds.
+        # Promotion judges on the held-back part of the window (and held-back seeds).
         params = {"challenger": summary["registered_version"], "state_dir": state_dir,
-                  "tracking_uri": tracking_uri, "scenarios": scenarios, "windows_dir": wdir,
+                  "tracking_uri": tracking_uri, "scenarios": holdout_scenarios or scenarios,
+                  "windows_dir": wdir,
                   **(promote_params or {})}
         summary["promote"] = _chain(chain, "promote/promote", promote, params)
     return summary
@@ -396,7 +409,8 @@ def promote(
     if dec["promote"]:
         reg.set_alias(CHAMPION, chal.version)
         reg.tag(chal.version, "promoted_from", champ.version)
-        record_event(state_dir, "promoted", version=chal.version, previous=champ.version)
+        record_event(state_dir, "promoted", version=chal.version, previous=champ.version,
+                     scenarios=scenarios)
         if admin_url and admin_token:
             admin = AdminClient(admin_url, admin_token)
             swapped_at = time.time()

@@ -139,3 +139,8 @@ def test_closed_loop_with_scripted_llm(tmp_path: Path):
     # (gpu-loss joins from three replicas on; the demo's fleet has two)
     assert variants == ["replay", "rate-1.5x", "burst"], evolved["scenarios"]
     assert list(tmp_path.glob("state-*/windows/*.parquet"))
+    # Promotion judged on the held-back (newest) part of the window, not the evolved-on part.
+    promoted = next(e for e in out["events"] if e["event"] == "promoted")
+    learned = {s.split(":")[1] for s in evolved["scenarios"] if s.startswith("window:")}
+    judged = {s.split(":")[1] for s in promoted["scenarios"] if s.startswith("window:")}
+    assert judged and learned and judged.isdisjoint(learned), (evolved, promoted)
