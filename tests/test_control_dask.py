@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
+from prefect_support import offline_prefect
 from sandbox_support import process_backend
 
 from serving.policy_loader import builtin_source
 
-pytest.importorskip("prefect_dask")
-pytest.importorskip("distributed")
-
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_env(tmp_path_factory):
-    env = {
-        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "true",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.environ.pop("PREFECT_API_URL", None)
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
+    with offline_prefect(tmp_path_factory.mktemp("prefect")):
         yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_task_runner_choices():

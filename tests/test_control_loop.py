@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
 import pytest
+from prefect_support import offline_prefect
 
 from serving.policy_loader import builtin_source
 
@@ -24,27 +24,8 @@ def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> in
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_env(tmp_path_factory):
-    # Prefect's temporary local API and home under tmp, no analytics; restored afterwards.
-    env = {
-        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    os.environ.pop("PREFECT_API_URL", None)
-    from prefect.testing.utilities import prefect_test_harness
-
-    # The harness stops its temporary server here, while pytest's log streams are
-    # still open; left to interpreter exit, Prefect logs into closed files.
-    with prefect_test_harness(server_startup_timeout=60):
+    with offline_prefect(tmp_path_factory.mktemp("prefect")):
         yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_deployments_listed_with_schedules_and_registry_aliases(tmp_path: Path):
