@@ -1,14 +1,11 @@
 """Isolation backends: where an untrusted candidate policy actually runs.
 
 The code lives in ``sandbox/isolation/`` (one concern per module; its package docstring
-describes the backends). This module keeps the names importable from where they have
-always been: ``from sandbox.backends import choose_backend`` and friends.
+describes the backends). This module is its public face: callers import
+``from sandbox.backends import choose_backend`` and friends, not the internals.
 """
 
 from __future__ import annotations
-
-# Tests patch ``backends.shutil.which`` to pretend bubblewrap is missing; keep the name.
-import shutil  # noqa: F401
 
 from sandbox.isolation.base import Backend
 from sandbox.isolation.cgroup import Cgroup, leftover_processes

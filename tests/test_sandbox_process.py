@@ -6,11 +6,11 @@ import json
 import logging
 import math
 import os
+import shutil
 
 import pytest
 from sandbox_support import ROOT, process_backend
 
-from sandbox import backends
 from sandbox.backends import (
     ProcessBackend,
     RawRun,
@@ -155,7 +155,7 @@ def test_harness_rejects_non_finite_metrics(monkeypatch):
 
 
 def test_missing_bwrap_refuses_loudly(monkeypatch):
-    monkeypatch.setattr(backends.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(SandboxUnavailable, match="unsafe-process"):
         ProcessBackend()
     with pytest.raises(SandboxUnavailable, match="unsafe-process"):
