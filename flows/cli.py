@@ -352,7 +352,7 @@ _register_serving(app, bench_app)
 
 from flows.cli_evolve import register as _register_evolve  # noqa: E402
 
-_register_evolve(app)
+_register_evolve(app, bench_app)
 
 
 from flows.cli_control import register as _register_control  # noqa: E402

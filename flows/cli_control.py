@@ -21,7 +21,7 @@ from rich.table import Table
 console = Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def _quiet_defaults() -> None:
+def quiet_defaults() -> None:
     # Embedded runs: no analytics, no telemetry, Prefect's home beside the project's files.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -50,7 +50,7 @@ def pull(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
 ) -> None:
     """Run the pull-telemetry flow once: new window, drift test, maybe trigger evolve."""
-    _quiet_defaults()
+    quiet_defaults()
     from flows.prefect_flows import pull_telemetry
 
     out = pull_telemetry(str(telemetry_dir), state_dir=str(state_dir), chain=chain,
@@ -76,7 +76,7 @@ def promote(
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
 ) -> None:
     """Run the promote flow: paired held-back comparison, alias move, live swap and watch."""
-    _quiet_defaults()
+    quiet_defaults()
     from flows.prefect_flows import promote as promote_flow
 
     token = os.environ.get("AUTOPOIESIS_ADMIN_TOKEN")
@@ -97,7 +97,7 @@ def demo(
     quick: Annotated[bool, typer.Option(help="Shorter traffic (tests).")] = False,
 ) -> None:
     """The closed loop on a live router: shift, drift, evolve, promote, before/after."""
-    _quiet_defaults()
+    quiet_defaults()
     from flows.demo import DemoConfig, better, run_demo
 
     cfg = DemoConfig(workdir=workdir, llm_base_url=None if llm == "none" else llm)
@@ -142,7 +142,7 @@ def deploy(
     apply_only: Annotated[bool, typer.Option(help="Register and exit; don't serve.")] = False,
 ) -> None:
     """Serve pull-telemetry, evolve and promote as scheduled Prefect deployments."""
-    _quiet_defaults()
+    quiet_defaults()
     from flows import deploy as d
 
     deps = d.deployments(telemetry_dir, state_dir, pull_every_s, nightly_cron)

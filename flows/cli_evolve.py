@@ -1,4 +1,4 @@
-"""``autopoiesis evolve`` and ``autopoiesis llm serve-local``.
+"""``autopoiesis evolve``, ``autopoiesis llm serve-local`` and ``autopoiesis bench fanout``.
 
 Registered onto the main app by one line at the bottom of ``flows/cli.py``.
 """
@@ -225,6 +225,39 @@ def serve_local(
         _fail(str(e))
 
 
-def register(app: typer.Typer) -> None:
+def bench_fanout(
+    workers: Annotated[int, typer.Option(help="Dask workers and thread-pool width.")] = 2,
+    candidates: Annotated[int, typer.Option(help="Evaluations per runner per round.")] = 12,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds of both runners.")] = 2,
+    backend: Annotated[str, typer.Option(help="Sandbox backend: process or docker.")] = "process",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results.")] = None,
+) -> None:
+    """Evaluations per hour: Prefect's thread pool vs a local Dask cluster, same batch."""
+    from flows.bench_fanout import FanoutBenchConfig
+    from flows.bench_fanout import bench_fanout as run
+    from flows.cli_control import quiet_defaults
+
+    quiet_defaults()
+    cfg = FanoutBenchConfig(candidates=candidates, workers=workers, rounds=rounds,
+                            backend=backend)
+    with console.status("fanning out sandboxed evaluations") as status:
+        out = run(cfg, progress=lambda m: (status.update(m), console.print(m, highlight=False)))
+    table = Table(title=f"Evaluation fan-out, {workers} workers, {backend} sandbox")
+    for col in ("runner", "evaluations/hour", "startup s", "failed"):
+        table.add_column(col, justify="right" if col != "runner" else "left")
+    for kind, s in out["runners"].items():
+        table.add_row(kind, f"{s['evaluations_per_hour']:.0f}", f"{s['startup_s']:.1f}",
+                      str(s["failed"]))
+    console.print(table)
+    if "dask_vs_threads" in out:
+        console.print(f"dask / threads: {out['dask_vs_threads']:.2f}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.command("evolve")(evolve)
     app.add_typer(llm_app, name="llm")
+    bench_app.command("fanout")(bench_fanout)

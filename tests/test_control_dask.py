@@ -59,3 +59,25 @@ def test_fanout_on_a_local_dask_cluster_of_two_workers():
     out = run_on(runner, fan_out)
     assert [o["ok"] for o in out] == [True, True], out
     assert [o["key"] for o in out] == [r.key for r in reqs]
+
+
+def test_bench_fanout_compares_threads_and_dask_on_the_same_batch():
+    process_backend().close()
+
+    from flows.bench_fanout import FanoutBenchConfig, bench_fanout
+    from flows.evolution.config import Suite
+
+    cfg = FanoutBenchConfig(candidates=2, rounds=1, suite=Suite(("sandbox-micro",), (0,), 0.2))
+    lines: list[str] = []
+    out = bench_fanout(cfg, progress=lines.append)
+    assert [r["runner"] for r in out["runs"]] == ["threads", "dask"]
+    for run in out["runs"]:
+        assert run["evaluations"] == run["ok"] == 2, run
+        assert run["fanout_s"] > 0 and run["startup_s"] >= 0
+    for kind in ("threads", "dask"):
+        assert out["runners"][kind]["failed"] == 0
+        assert out["runners"][kind]["evaluations_per_hour"] > 0
+    assert out["dask_vs_threads"] == pytest.approx(
+        out["runners"]["dask"]["evaluations_per_hour"]
+        / out["runners"]["threads"]["evaluations_per_hour"])
+    assert len(lines) == 2
