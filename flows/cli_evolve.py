@@ -243,11 +243,11 @@ def bench_fanout(
     with console.status("fanning out sandboxed evaluations") as status:
         out = run(cfg, progress=lambda m: (status.update(m), console.print(m, highlight=False)))
     table = Table(title=f"Evaluation fan-out, {workers} workers, {backend} sandbox")
-    for col in ("runner", "evaluations/hour", "startup s", "failed"):
+    for col in ("runner", "evaluations/hour", "warm-up s", "startup s", "failed"):
         table.add_column(col, justify="right" if col != "runner" else "left")
     for kind, s in out["runners"].items():
-        table.add_row(kind, f"{s['evaluations_per_hour']:.0f}", f"{s['startup_s']:.1f}",
-                      str(s["failed"]))
+        table.add_row(kind, f"{s['evaluations_per_hour']:.0f}", f"{s['warmup_s']:.1f}",
+                      f"{s['startup_s']:.1f}", str(s["failed"]))
     console.print(table)
     if "dask_vs_threads" in out:
         console.print(f"dask / threads: {out['dask_vs_threads']:.2f}")

@@ -73,7 +73,7 @@ def test_bench_fanout_compares_threads_and_dask_on_the_same_batch():
     assert [r["runner"] for r in out["runs"]] == ["threads", "dask"]
     for run in out["runs"]:
         assert run["evaluations"] == run["ok"] == 2, run
-        assert run["fanout_s"] > 0 and run["startup_s"] >= 0
+        assert run["fanout_s"] > 0 and run["warmup_s"] > 0 and run["startup_s"] >= 0
     for kind in ("threads", "dask"):
         assert out["runners"][kind]["failed"] == 0
         assert out["runners"][kind]["evaluations_per_hour"] > 0
