@@ -358,3 +358,8 @@ _register_evolve(app, bench_app)
 from flows.cli_control import register as _register_control  # noqa: E402
 
 _register_control(app)
+
+
+from flows.cli_replay import register as _register_replay  # noqa: E402
+
+_register_replay(app)

@@ -89,10 +89,26 @@ def evolve(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     llm_timeout: Annotated[float, typer.Option(help="Seconds per LLM call.")] = 300.0,
     max_tokens: Annotated[int, typer.Option(help="Completion cap per LLM call.")] = 2048,
+    confirm_top_k: Annotated[int, typer.Option(
+        help="Replay stage: confirm the best K challengers through the live router (0: off)."
+    )] = 0,
+    confirm_engines: Annotated[str, typer.Option(
+        help="Replay stage engines: simulated, or engine URLs (comma-separated)."
+    )] = "simulated",
+    confirm_requests: Annotated[int, typer.Option(help="Replay stage: requests replayed.")] = 200,
+    confirm_time_scale: Annotated[float, typer.Option(
+        help="Replay stage, simulated engines: wall seconds per model second.")] = 1.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Evolve routing policies in the sandbox; register the best as the MLflow challenger."""
-    from flows.evolution.config import FULL_SUITE, QUICK_SUITE, Budget, EvolutionConfig, LLMConfig
+    from flows.evolution.config import (
+        FULL_SUITE,
+        QUICK_SUITE,
+        Budget,
+        ConfirmStage,
+        EvolutionConfig,
+        LLMConfig,
+    )
     from flows.evolution.config import Suite as SuiteCfg
     from flows.evolution.engine import Evolution, EvolutionError
     from flows.evolution.llm_local import DEFAULT_URL
@@ -118,6 +134,11 @@ def evolve(
     else:
         full = SuiteCfg(names(full_scenarios), FULL_SUITE.seeds, scale)
     base_url = None if llm == "none" else DEFAULT_URL if llm == "local" else llm
+    try:
+        confirm = ConfirmStage(top_k=confirm_top_k, target=confirm_engines,
+                               requests=confirm_requests, time_scale=confirm_time_scale)
+    except ValueError as e:
+        _fail(f"--confirm-engines: {e}")
     cfg = EvolutionConfig(
         quick=quick,
         full=full,
@@ -132,6 +153,7 @@ def evolve(
         if base_url
         else LLMConfig(),
         budget=Budget(tokens=budget_tokens, usd=budget_usd, wall_s=budget_wall),
+        confirm=confirm,
     )
     if llm == "local":
         # A 0.5B model on two CPU cores: prompt processing (~50-100 tokens/s) dominates, so

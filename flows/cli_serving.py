@@ -110,6 +110,7 @@ def replay(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary.")] = None,
 ) -> None:
     """Open-loop replay of a trace against any OpenAI-compatible endpoint."""
+    from sandbox.shots import workload_shots
     from sandbox.traces import load_trace
     from serving.loadgen import run_load, summarize
 
@@ -140,28 +141,6 @@ def replay(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(asdict(s), indent=2) + "\n")
         console.print(f"wrote {json_out}")
-
-
-def workload_shots(workload, rate_scale: float, duration: float | None, max_requests: int):
-    """A trace's requests as load-generator shots: arrivals scaled, prefixes rebuilt."""
-    from serving.loadgen import Shot
-    from serving.prompt import synth_prompt
-
-    shots = []
-    hashes = workload.prefix_hashes
-    sessions = workload.session_ids
-    for i in range(min(len(workload), max_requests)):
-        at = float(workload.arrival_s[i]) / rate_scale
-        if duration is not None and at >= duration:
-            break
-        shots.append(Shot(
-            at=at,
-            prompt=synth_prompt(int(workload.prompt_tokens[i]), hashes[i] if hashes else (),
-                                salt=i),
-            max_tokens=int(workload.output_tokens[i]),
-            session_id=sessions[i] if sessions else "",
-        ))
-    return shots
 
 
 def bench_router(

@@ -109,8 +109,15 @@ class _PlanFleet:
         raise NotImplementedError
 
     async def start(self) -> None:
-        handles = await asyncio.gather(*(self._launch(s) for s in self._plan.replicas))
+        results = await asyncio.gather(*(self._launch(s) for s in self._plan.replicas),
+                                       return_exceptions=True)
+        handles = [r for r in results if isinstance(r, EngineHandle)]
         self._engines.extend(handles)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            # One engine failed: stop the ones that came up, or they outlive the fleet.
+            await self.close()
+            raise failed[0]
 
     async def apply(self, plan: Plan, idle: Callable[[int], bool]) -> None:
         live = [e for e in self._engines if e.state != "draining"]
@@ -185,7 +192,12 @@ class LocalFleet(_PlanFleet):
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         handle = EngineHandle(next(self._ids), f"http://{self.host}:{port}", spec, ref=proc)
-        if not await wait_healthy(handle.url, self.start_timeout_s, proc):
+        try:
+            healthy = await wait_healthy(handle.url, self.start_timeout_s, proc)
+        except BaseException:  # cancelled while waiting: the process is not ours to leave
+            await self._terminate(handle)
+            raise
+        if not healthy:
             await self._terminate(handle)
             raise RuntimeError(f"simulated engine on port {port} did not become healthy")
         handle.state = "serving"
@@ -207,12 +219,21 @@ class LocalFleet(_PlanFleet):
 class StaticFleet:
     """Fixed engine URLs the router does not own: plans change weights and admission only."""
 
-    def __init__(self, urls: Sequence[str], spec: ReplicaSpec | None = None) -> None:
-        spec = spec or ReplicaSpec("H100", 1)
+    def __init__(
+        self, urls: Sequence[str], spec: ReplicaSpec | Sequence[ReplicaSpec] | None = None
+    ) -> None:
+        """``spec``: one for every engine, or one per URL (a mixed pool)."""
+        if spec is None or isinstance(spec, ReplicaSpec):
+            specs = [spec or ReplicaSpec("H100", 1)] * len(urls)
+        else:
+            specs = list(spec)
+        if len(specs) != len(urls):
+            raise ValueError(f"{len(urls)} engine URLs but {len(specs)} replica specs")
         self._engines = [
-            EngineHandle(i, u.rstrip("/"), spec, state="serving") for i, u in enumerate(urls)
+            EngineHandle(i, u.rstrip("/"), s, state="serving")
+            for i, (u, s) in enumerate(zip(urls, specs, strict=True))
         ]
-        self._plan = Plan(tuple(spec for _ in urls))
+        self._plan = Plan(tuple(specs))
 
     def engines(self) -> list[EngineHandle]:
         return list(self._engines)
@@ -315,7 +336,12 @@ class DockerVllmFleet(_PlanFleet):
         container = await asyncio.to_thread(self._docker().containers.run, **kwargs)
         handle = EngineHandle(next(self._ids), f"http://{self.host}:{port}", spec,
                               ref=(container, ids))
-        if not await wait_healthy(handle.url, self.start_timeout_s):
+        try:
+            healthy = await wait_healthy(handle.url, self.start_timeout_s)
+        except BaseException:  # cancelled while loading weights: remove the container
+            await self._terminate(handle)
+            raise
+        if not healthy:
             await self._terminate(handle)
             raise RuntimeError(f"vLLM container for {spec} did not become healthy")
         handle.state = "serving"

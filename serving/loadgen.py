@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -90,7 +90,7 @@ def summarize(results: Sequence[Result], duration_s: float) -> Summary:
 
 
 async def _one(session: aiohttp.ClientSession, url: str, shot: Shot, model: str, chat: bool,
-               lag: float) -> Result:
+               lag: float, extra: Mapping[str, object]) -> Result:
     if chat:
         body = {"model": model, "messages": [{"role": "user", "content": shot.prompt}],
                 "max_tokens": shot.max_tokens, "stream": True}
@@ -99,6 +99,7 @@ async def _one(session: aiohttp.ClientSession, url: str, shot: Shot, model: str,
                 "stream": True}
     if shot.session_id:
         body["user"] = shot.session_id
+    body.update(extra)
     res = Result(at=shot.at, ok=False, lag_s=lag)
     t0 = time.perf_counter()
     first = last = math.nan
@@ -153,11 +154,13 @@ async def run_load(
     chat: bool = False,
     timeout_s: float = 60.0,
     session: aiohttp.ClientSession | None = None,
+    extra_body: Mapping[str, object] | None = None,
 ) -> tuple[list[Result], float]:
     """Send ``shots`` open-loop; returns the results (in schedule order) and wall seconds.
 
     Several base URLs are used in turn (the "direct to engines" baseline of a
-    router benchmark spreads its load that way).
+    router benchmark spreads its load that way). ``extra_body`` is merged into every
+    request (e.g. vLLM's ``ignore_eos``, so a real engine generates the trace's length).
     """
     path = "/v1/chat/completions" if chat else "/v1/completions"
     bases = [base_url] if isinstance(base_url, str) else list(base_url)
@@ -178,9 +181,13 @@ async def run_load(
             if delay > 0:
                 await asyncio.sleep(delay)
             lag = loop.time() - (start + shot.at)
-            tasks.append(asyncio.create_task(_one(session, url, shot, model, chat, lag)))
+            tasks.append(asyncio.create_task(
+                _one(session, url, shot, model, chat, lag, extra_body or {})))
         results = list(await asyncio.gather(*tasks))
     finally:
+        # Cancelled or failed part-way: no request outlives the run.
+        for t in tasks:
+            t.cancel()
         if own:
             await session.close()
     return results, loop.time() - start

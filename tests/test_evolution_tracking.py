@@ -78,6 +78,28 @@ def test_resumed_tracking_does_not_duplicate_candidates(tmp_path, tracker):
     again.finish({"best_objective": 0.5}, a, [{"generation": 0.0, "best": 0.5, "mean": 0.5}])
 
 
+def test_a_confirmation_lands_on_the_candidates_run(tmp_path, tracker):
+    run_id = tracker.start(config(None), None, "r")
+    c = Candidate("g001-s000", builtin_source("least_outstanding"), "sha", "h", 1, 0, "tune",
+                  quick=0.9, cell=(0, 0, 0))
+    tracker.candidate(c, None, {})
+    c.confirmed = 0.88
+    c.confirmation = {"verdict": "confirmed", "replay": {
+        "summary": {"objective": 0.88, "ttft_mean_s": 0.3, "queue_mean_s": float("nan")},
+        "simulated": {"objective": 0.9}, "agreement": {"ttft_mean_s_rel": 0.05},
+        "fallbacks": {"exception": 0}, "failures": 0, "wall_s": 4.0}}
+    tracker.confirmation(c)
+    (run,) = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    m = run.data.metrics
+    assert m["confirmed_objective"] == 0.88 and m["confirm.ttft_mean_s"] == 0.3
+    assert m["confirm.sim.objective"] == 0.9 and m["confirm.agreement.ttft_mean_s_rel"] == 0.05
+    assert "confirm.queue_mean_s" not in m  # NaN is not logged
+    assert run.data.tags["confirm"] == "confirmed"
+    arts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
+    assert "confirmation.json" in arts
+
+
 def test_evolve_command_writes_the_summary_json(tmp_path, monkeypatch):
     import json
 

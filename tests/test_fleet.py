@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 
 import aiohttp
+import pytest
 
+from sandbox.backends import MARKER_ENV, leftover_processes
 from serving.contract import Plan, ReplicaSpec
 from serving.fleet import DockerVllmFleet, LocalFleet, StaticFleet
 
@@ -31,6 +35,11 @@ def test_static_fleet_changes_only_weights_and_admission():
     plan = fleet.plan()
     assert len(plan.replicas) == 2 and plan.replicas[0].gpu == "H100"
     assert plan.weights == (0.3, 0.7) and plan.admission_limit == 5
+    mixed = StaticFleet(["http://a:1", "http://b:2"], (ReplicaSpec("H100"), ReplicaSpec("A100")))
+    assert [e.spec.gpu for e in mixed.engines()] == ["H100", "A100"]
+    assert mixed.gpus_available() == {"H100": 1, "A100": 1}
+    with pytest.raises(ValueError, match="2 engine URLs but 1"):
+        StaticFleet(["http://a:1", "http://b:2"], [ReplicaSpec("H100")])
 
 
 def test_local_fleet_starts_scales_and_stops_engines():
@@ -61,3 +70,17 @@ def test_local_fleet_starts_scales_and_stops_engines():
             assert all(p.poll() is not None for p in procs)
 
     asyncio.run(main())
+
+
+def test_local_fleet_that_fails_to_start_leaves_no_engine(monkeypatch):
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(MARKER_ENV, tag)  # inherited by every engine process
+
+    async def main():
+        fleet = LocalFleet(Plan((ReplicaSpec("H100"), ReplicaSpec("Z100"))), start_timeout_s=30)
+        with pytest.raises(RuntimeError, match="did not become healthy"):
+            await fleet.start()
+        assert fleet.engines() == []
+
+    asyncio.run(main())
+    assert [p for p in leftover_processes(tag) if p != os.getpid()] == []

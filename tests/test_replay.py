@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 from aiohttp import web
 
-from flows.cli_serving import workload_shots
+from sandbox.shots import workload_shots
 from sandbox.workload import Workload
 from serving.engine_server import EngineServer, EngineServerConfig
 from serving.fleet import free_port
@@ -32,6 +33,15 @@ def test_shots_scale_arrivals_cut_duration_and_keep_prefixes():
     assert prefix_hashes(a)[0] == prefix_hashes(b)[0]  # shared first block (hash 7)
     assert prefix_hashes(a)[:2] == prefix_hashes(c)[:2]  # same (7, 9) prefix
     assert prefix_hashes(a)[1] != prefix_hashes(b)[1]
+
+
+def test_a_trace_hash_over_several_blocks_shares_all_of_them():
+    # Mooncake's hashes cover 512 tokens; the prompt text is built in 16-token blocks.
+    w = replace(_workload(), prefix_block_tokens=32,
+                prefix_hashes=tuple((7,) if i < 2 else (9,) for i in range(6)))
+    a, b, c = (prefix_hashes(s.prompt.encode()) for s in workload_shots(w, 1.0, None, 3))
+    assert len(a) == 2 and a == b  # 32 shared tokens: both 16-token blocks of a 40-token prompt
+    assert a[0] != c[0]
 
 
 def test_replay_against_simulated_engine():

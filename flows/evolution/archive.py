@@ -60,6 +60,10 @@ class Candidate:
     results: list[dict[str, Any]] = field(default_factory=list, repr=False)
     """Per-(scenario, seed) sandbox results on the quick suite (summaries, decision stats)."""
     full_results: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    confirmed: float | None = None
+    """Objective measured by the replay stage (through the live router, on engines)."""
+    confirmation: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The replay stage's verdict and result (``ReplayResult.to_dict``)."""
 
     @property
     def ok(self) -> bool:
@@ -187,6 +191,7 @@ class Archive:
                 cid: {
                     "quick": c.quick,
                     "full": c.full,
+                    "confirmed": c.confirmed,
                     "cell": list(c.cell),
                     "origin": c.origin,
                     "parents": list(c.parent_ids),

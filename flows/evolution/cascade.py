@@ -1,5 +1,9 @@
 """Candidate evaluation through the sandbox, journaled, in a quick-then-full cascade.
 
+An optional third stage (``confirm``, off unless ``cfg.confirm.top_k`` > 0) replays
+a slice of a scenario through the live router on engines (``sandbox.replay_stage``,
+in a worker process of its own) for the few candidates that got that far.
+
 Every source is sent to ``sandbox.evaluator.Evaluator`` over a real isolation
 backend (bubblewrap or Docker): an LLM-written policy is never loaded in this
 process. Evaluations are journaled by the sandbox's reproducibility key, so a
@@ -20,6 +24,11 @@ from flows.evolution.config import EvolutionConfig, Suite
 from flows.evolution.journal import Journal
 from sandbox.evaluator import Evaluator
 from sandbox.protocol import EvalRequest, EvalResponse, Limits
+from sandbox.replay_stage import ReplayRequest, ReplayResult
+from sandbox.replay_worker import run_isolated
+
+# A replay that stopped here judged the candidate, not the machine: worth journaling.
+_VERDICT_STAGES = ("static", "load")
 
 
 @dataclass
@@ -157,6 +166,50 @@ class Cascade:
             return [self._outcome(r) for r in ev.evaluate_many(reqs)]
         finally:
             ev.close()
+
+    def confirm(self, sources: Sequence[str]) -> list[Outcome]:
+        """The replay stage for each source, one after the other (they share the engines).
+
+        A replay whose requests ran is journaled like a sandbox result (a resumed run
+        does not redo it); one stopped by the engines or a timeout is not: it says
+        nothing about the candidate. A candidate whose ``route``/``reschedule`` failed on
+        the live router gets no objective: its requests were routed by the fallback.
+        """
+        conf, quick = self.cfg.confirm, self.cfg.quick
+        target = conf.engines()
+        out = []
+        for src in sources:
+            req = ReplayRequest(
+                src, conf.scenario or quick.scenarios[0], seed=quick.seeds[0], scale=quick.scale,
+                requests=conf.requests, target=target, windows_dir=quick.windows_dir,
+                wall_s=conf.wall_s,
+            )
+            rec = self.journal.get(f"confirm/{req.key}")
+            if rec is not None:
+                out.append(self._confirmed(ReplayResult.from_dict(rec["result"]), cached=True))
+                continue
+            res = run_isolated(req)
+            if res.ok or res.stage in _VERDICT_STAGES:
+                self.journal.put(f"confirm/{req.key}", {"kind": "confirm", "result": res.to_dict()})
+            out.append(self._confirmed(res))
+        return out
+
+    def _confirmed(self, res: ReplayResult, cached: bool = False) -> Outcome:
+        common: dict[str, Any] = {"results": [res.to_dict()], "wall_s": res.wall_s,
+                                  "cached": cached}
+        if not res.ok:
+            return Outcome(None, stage=f"confirm:{res.stage}", reason=res.error, **common)
+        if res.faults:
+            return Outcome(None, stage="confirm:fault", reason=(
+                f"on the live router the policy failed {res.faults} times "
+                f"(fallbacks {res.fallbacks}, reschedule errors {res.reschedule_errors})"),
+                **common)
+        if res.objective is None:
+            return Outcome(None, stage="confirm:integrity", reason="non-finite objective",
+                           **common)
+        objective = quantise(res.objective, self.cfg.objective_resolution)
+        return Outcome(objective, by_scenario={res.scenario: objective},
+                       summaries=[res.summary], **common)
 
     def evaluations_per_hour(self) -> float:
         elapsed = time.monotonic() - self.started

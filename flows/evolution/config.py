@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from sandbox.replay_engines import EngineTarget
 from sandbox.scenarios import SCENARIO_NAMES
 
 
@@ -103,6 +104,44 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class ConfirmStage:
+    """The replay stage after the full suite (``sandbox.replay_stage``); off at ``top_k`` 0.
+
+    The best ``top_k`` challengers and the champion each route the first ``requests``
+    requests of ``scenario`` through the live router on engines (``target``: simulated
+    engines here, engine URLs or ``vllm-docker`` on a GPU runner); the challenger is then
+    chosen on what was measured there.
+    """
+
+    top_k: int = 0
+    target: str = "simulated"
+    """``simulated``, ``vllm-docker`` or comma-separated engine URLs."""
+    requests: int = 200
+    time_scale: float = 1.0
+    """Simulated engines: wall seconds per model second (above 1 where the CPUs lag)."""
+    model: str = ""
+    """``vllm-docker``: the model to serve; URLs: the served model name (empty: asked)."""
+    gpu_ids: tuple[str, ...] = ()
+    """``vllm-docker``: this host's device ids."""
+    scenario: str | None = None
+    """The scenario sliced; None: the quick suite's first (the live window, when evolving
+    on one)."""
+    tolerance: float = 0.02
+    """On the replay a challenger may trail the champion by at most this: four requests'
+    worth of SLO attainment on a 200-request slice."""
+    wall_s: float = 900.0
+    """Wall-clock limit of one candidate's replay (engines started, slice sent)."""
+
+    def __post_init__(self) -> None:
+        if self.top_k > 0:
+            self.engines()  # a bad target fails the run's start, not its end
+
+    def engines(self) -> EngineTarget:
+        return EngineTarget.parse(self.target, time_scale=self.time_scale, model=self.model,
+                                  gpu_ids=tuple(self.gpu_ids))
+
+
+@dataclass(frozen=True)
 class EvolutionConfig:
     quick: Suite = QUICK_SUITE
     full: Suite | None = FULL_SUITE
@@ -145,6 +184,7 @@ class EvolutionConfig:
     prompt_top: int = 2
     prompt_diverse: int = 2
     prompt_errors: int = 3
+    confirm: ConfirmStage = ConfirmStage()
 
     def with_(self, **kw: Any) -> EvolutionConfig:
         return replace(self, **kw)
@@ -160,6 +200,10 @@ class EvolutionConfig:
         d = self.to_dict()
         for volatile in ("budget", "backend", "parallel", "eval_wall_s"):
             d.pop(volatile, None)
+        if self.confirm.top_k <= 0:
+            d.pop("confirm")  # off: a run from before the stage existed resumes as it was
+        else:
+            d["confirm"].pop("wall_s")
         for suite in ("quick", "full"):  # where window files live is not what they hold
             if d.get(suite):
                 d[suite].pop("windows_dir", None)

@@ -10,7 +10,10 @@ child (then promising children have their PARAMS tuned), without one Optuna
 tunes the parent's PARAMS. Every evaluation runs in the sandbox on the quick
 suite; the promising go on to the full suite. At the end the best candidate
 that beats the champion on the quick suite without losing on the full suite
-is registered as the ``challenger`` and re-evaluated from the registry.
+is registered as the ``challenger`` and re-evaluated from the registry. With
+the replay stage on (``cfg.confirm``), the best ``top_k`` of those and the
+champion are first replayed through the live router on engines, and the
+challenger is the best the replay confirmed (see ``challenger``).
 
 Every random choice comes from ``random.Random`` seeded by (run seed,
 generation, slot), and every outside answer (LLM, sandbox) is journaled: see
@@ -386,10 +389,12 @@ class Evolution:
         self.progress.generation(g, row["best"])
 
     # ------------------------------------------------------------------ end of run
-    def challenger(self) -> Candidate | None:
+    def _eligible(self) -> list[Candidate]:
+        """Candidates that beat the champion on the quick suite without losing on the full
+        one, best first (ties by id)."""
         champ = self.champion
         if champ is None or champ.quick is None:
-            return None
+            return []
         eligible = [
             c
             for c in self.archive.candidates.values()
@@ -405,13 +410,48 @@ class Evolution:
                 )
             )
         ]
-        return max(
-            sorted(eligible, key=lambda c: c.id), key=lambda c: c.quick or -math.inf, default=None
-        )
+        return sorted(eligible, key=lambda c: (-(c.quick or -math.inf), c.id))
+
+    def challenger(self) -> Candidate | None:
+        """The best eligible candidate; with the replay stage on, by what the replay measured.
+
+        Then only a confirmed candidate qualifies (its replay ran and its own code routed
+        every request), and not one trailing the champion's replay by more than the
+        stage's tolerance: a simulator winner the engines do not bear out is not registered.
+        """
+        eligible = self._eligible()
+        if self.cfg.confirm.top_k <= 0:
+            return eligible[0] if eligible else None
+        champ = self.champion
+        ref = champ.confirmed if champ is not None else None
+        confirmed = [
+            c
+            for c in eligible
+            if c.confirmed is not None
+            and (ref is None or c.confirmed >= ref - self.cfg.confirm.tolerance)
+        ]
+        return max(confirmed, key=lambda c: c.confirmed or -math.inf, default=None)
+
+    def _confirm_stage(self) -> None:
+        """Replay the best ``top_k`` eligible candidates and the champion on engines."""
+        top = self._eligible()[: self.cfg.confirm.top_k]
+        if not top or self.champion is None:
+            return
+        cands = [self.champion, *top]
+        for c, out in zip(cands, self.cascade.confirm([c.source for c in cands]), strict=True):
+            c.confirmed = out.objective
+            c.confirmation = {
+                "verdict": "confirmed" if out.ok else f"{out.stage}: {out.reason}",
+                "replay": out.results[0] if out.results else None,
+            }
+            if self.tracker is not None:
+                self.tracker.confirmation(c)
 
     def _finish(self, wall: float) -> dict[str, Any]:
         champ = self.champion
         assert champ is not None and champ.quick is not None
+        if self.cfg.confirm.top_k > 0:
+            self._confirm_stage()
         chal = self.challenger()
         best = chal or champ
         version = None
@@ -439,6 +479,13 @@ class Evolution:
             "best_origin": best.origin,
             "seed_full_objective": champ.full,
             "best_full_objective": best.full,
+            "seed_confirmed_objective": champ.confirmed,
+            "best_confirmed_objective": best.confirmed,
+            "confirmations": {
+                c.id: c.confirmation["verdict"]
+                for c in self.archive.candidates.values()
+                if c.confirmation
+            },
             **reeval,
             "generations_done": self.generations_done,
             "stopped": self.stopped,

@@ -176,17 +176,42 @@ class Tracker:
         self.client.set_terminated(rid, "FINISHED" if c.ok else "FAILED")
         self.logged.add(c.id)
 
+    def _candidate_run(self, c: Candidate) -> str | None:
+        """The nested run ``candidate`` logged for ``c`` in this evolution, if any."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.candidate_id = '{c.id}' and tags.`mlflow.parentRunId` = '{self.run_id}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def confirmation(self, c: Candidate) -> None:
+        """The replay stage's measurement, on the candidate's run: ``confirm.*`` metrics,
+        the verdict as a tag, the whole result as ``confirmation.json``."""
+        rid = self._candidate_run(c)
+        if rid is None:
+            return
+        replay = c.confirmation.get("replay") or {}
+        metrics = {f"confirm.{k}": v for k, v in (replay.get("summary") or {}).items()}
+        metrics |= {f"confirm.sim.{k}": v for k, v in (replay.get("simulated") or {}).items()}
+        metrics |= {f"confirm.agreement.{k}": v for k, v in (replay.get("agreement") or {}).items()}
+        metrics |= {"confirm.wall_s": replay.get("wall_s"), "confirm.failures":
+                    replay.get("failures"), "confirm.fallbacks":
+                    sum((replay.get("fallbacks") or {}).values())}
+        if c.confirmed is not None:
+            metrics["confirmed_objective"] = c.confirmed
+        self._metrics(rid, metrics)
+        self.client.set_tag(rid, "confirm", c.confirmation.get("verdict", "")[:500])
+        self.client.log_text(
+            rid, json.dumps(c.confirmation, indent=1, default=str), "confirmation.json"
+        )
+
     # --- end of run ----------------------------------------------------------------
     def register(self, c: Candidate, scenario_hash: str) -> str:
         """Register ``c`` as a new version of ``autopoiesis-policy``, alias ``challenger``."""
         from mlflow.exceptions import MlflowException
 
-        cand_run = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.candidate_id = '{c.id}' and tags.`mlflow.parentRunId` = '{self.run_id}'",
-            max_results=1,
-        )
-        run_id = cand_run[0].info.run_id if cand_run else self.run_id
+        run_id = self._candidate_run(c) or self.run_id
         assert run_id
         with contextlib.suppress(MlflowException):  # it exists after the first registration
             self.client.create_registered_model(
