@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,16 @@ from serving.telemetry import read_telemetry
 
 class AdminError(RuntimeError):
     pass
+
+
+def admin_token_from_env() -> str | None:
+    """The router's admin token from ``AUTOPOIESIS_ADMIN_TOKEN``, else from the file named
+    by ``AUTOPOIESIS_ADMIN_TOKEN_FILE`` (deployments: a secret is never a flow parameter)."""
+    token = os.environ.get("AUTOPOIESIS_ADMIN_TOKEN", "").strip()
+    path = os.environ.get("AUTOPOIESIS_ADMIN_TOKEN_FILE", "")
+    if not token and path and Path(path).is_file():
+        token = Path(path).read_text().strip()
+    return token or None
 
 
 class AdminClient:

@@ -377,11 +377,20 @@ def promote(
     rollback_tolerance: float = 0.05,
     min_live_requests: int = 30,
     windows_dir: str | None = None,
+    backend: str = "process",
 ) -> dict[str, Any]:
-    """Challenger vs champion, paired and held back; promote, swap live, watch, roll back."""
+    """Challenger vs champion, paired and held back; promote, swap live, watch, roll back.
+
+    ``backend``: the sandbox the paired re-runs use (``process``, ``docker`` or ``auto``).
+
+    ``admin_token``: default ``AUTOPOIESIS_ADMIN_TOKEN`` or the file named by
+    ``AUTOPOIESIS_ADMIN_TOKEN_FILE`` (``flows.live.admin_token_from_env``).
+    """
+    from flows.live import admin_token_from_env
     from flows.promotion import HELD_BACK_SEEDS
 
     log = get_run_logger()
+    admin_token = admin_token or admin_token_from_env()
     reg = PolicyRegistry(tracking_uri)
     chal = reg.fetch(challenger)  # hash-checked
     champ_version = reg.version_of(CHAMPION)
@@ -395,7 +404,8 @@ def promote(
         scenarios = list(PromotionConfig().scenarios)
     scenarios = _scenarios(state_dir, scenarios, wdir, None)
     cfg = PromotionConfig(scenarios=tuple(scenarios), seeds=tuple(seeds or HELD_BACK_SEEDS),
-                          scale=scale, margin=margin, tolerance=tolerance, windows_dir=wdir)
+                          scale=scale, margin=margin, tolerance=tolerance, windows_dir=wdir,
+                          backend=backend)
     dec = _compare_task(champ.source, chal.source, cfg)
     out: dict[str, Any] = {"champion": champ.version, "challenger": chal.version,
                            "promoted": dec["promote"], "reasons": dec["reasons"],

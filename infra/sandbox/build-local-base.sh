@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the sandbox image on a machine that cannot pull images:
-#   1. a Debian rootfs with python3 made by debootstrap from the apt mirror this
-#      machine already uses, `docker import`ed as the base tag;
+#   1. the shared local base (infra/images/build-base.sh: a Debian rootfs with python3
+#      made by debootstrap from the apt mirror this machine already uses, `docker
+#      import`ed as the base tag);
 #   2. the project image built FROM that base (infra/sandbox/Dockerfile.local) with
 #      the harness's wheels (downloaded on the host, installed offline inside) and
 #      the serving/ + sandbox/ code.
@@ -9,15 +10,16 @@
 # requirements + Dockerfile); skips step 1 when the base tag exists.
 #
 # Environment: AUTOPOIESIS_SANDBOX_IMAGE (default autopoiesis-sandbox:latest),
-# AUTOPOIESIS_SANDBOX_BASE (default autopoiesis-sandbox-base:bookworm),
-# PYTHON (default .venv/bin/python), DEBIAN_MIRROR (default: from apt's sources),
+# AUTOPOIESIS_SANDBOX_BASE (default $AUTOPOIESIS_BASE_IMAGE or autopoiesis-base:bookworm),
+# PYTHON (default .venv/bin/python), AUTOPOIESIS_SANDBOX_SRC (the folder holding serving/ and
+# sandbox/, default the repository), DEBIAN_MIRROR (default: from apt's sources),
 # FORCE=1 to rebuild both.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/infra/sandbox"
 IMAGE="${AUTOPOIESIS_SANDBOX_IMAGE:-autopoiesis-sandbox:latest}"
-BASE="${AUTOPOIESIS_SANDBOX_BASE:-autopoiesis-sandbox-base:bookworm}"
+BASE="${AUTOPOIESIS_SANDBOX_BASE:-${AUTOPOIESIS_BASE_IMAGE:-autopoiesis-base:bookworm}}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 SUITE="${DEBIAN_SUITE:-bookworm}"
 WORK="${AUTOPOIESIS_SANDBOX_BUILD_DIR:-/var/tmp/autopoiesis-sandbox-build}"
@@ -29,7 +31,11 @@ t0=$SECONDS
 command -v docker >/dev/null || { say "docker CLI not found"; exit 1; }
 docker info >/dev/null 2>&1 || { say "no Docker daemon answers (start dockerd first)"; exit 1; }
 
-code_hash="$(cd "$ROOT" && "$PY" -c 'from sandbox.backends import code_hash; print(code_hash())')"
+# The code to bake in: the working tree, or a snapshot of it (infra/images/build.sh
+# builds the sandbox and app images from one snapshot so that both hold the same code).
+SRC="${AUTOPOIESIS_SANDBOX_SRC:-$ROOT}"
+code_hash="$(cd "$ROOT" && "$PY" -c 'import sys; from pathlib import Path
+from sandbox.backends import code_hash; print(code_hash(Path(sys.argv[1])))' "$SRC")"
 build_hash="$( (echo "$code_hash"; cat "$HERE/requirements.txt" "$HERE/Dockerfile.local" "$0"; echo "$SUITE") \
   | sha256sum | cut -c1-32)"
 
@@ -39,39 +45,8 @@ if [[ "${FORCE:-0}" != 1 && "$have" == "$build_hash" ]]; then
   exit 0
 fi
 
-# --- 1. the base: debootstrap rootfs -> docker import ---------------------------------
-if [[ "${FORCE:-0}" == 1 ]] || ! docker image inspect "$BASE" >/dev/null 2>&1; then
-  if ! command -v debootstrap >/dev/null; then
-    if [[ $(id -u) == 0 ]]; then
-      say "installing debootstrap"
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-    else
-      say "debootstrap is missing (apt-get install debootstrap)"; exit 1
-    fi
-  fi
-  mirror="${DEBIAN_MIRROR:-}"
-  if [[ -z "$mirror" ]]; then
-    # The mirror apt already uses (deb822 .sources first, then one-line .list files).
-    mirror="$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' \
-      | grep -v security | head -n1 || true)"
-    [[ -z "$mirror" ]] && mirror="$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-      | awk '{print $2}' | grep -v security | head -n1 || true)"
-    mirror="${mirror:-http://deb.debian.org/debian}"
-  fi
-  rootfs="$WORK/rootfs"
-  rm -rf "$rootfs"; mkdir -p "$WORK"
-  say "debootstrap $SUITE from $mirror (minbase + python3, python3-venv)"
-  t1=$SECONDS
-  debootstrap --variant=minbase --include=python3,python3-venv "$SUITE" "$rootfs" "$mirror" \
-    >"$WORK/debootstrap.log" 2>&1 || { tail -n 30 "$WORK/debootstrap.log" >&2; exit 1; }
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
-    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
-  say "debootstrap took $((SECONDS - t1)) s; importing as $BASE"
-  tar -C "$rootfs" -c . | docker import \
-    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
-    --change 'CMD ["/usr/bin/python3"]' - "$BASE" >/dev/null
-  rm -rf "$rootfs"
-fi
+# --- 1. the base: debootstrap rootfs -> docker import (shared with the other images) -------
+FORCE="${FORCE_BASE:-${FORCE:-0}}" bash "$ROOT/infra/images/build-base.sh" "$BASE"
 
 # --- 2. the project image -------------------------------------------------------------
 ctx="$WORK/context"
@@ -96,7 +71,7 @@ say "wheels: $(echo $pins)"
 "$PY" -m pip download --quiet --only-binary=:all: --python-version 3.11 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$ctx/wheels" $pins
-tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - serving sandbox | tar -C "$ctx/app" -xf -
+tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' -cf - serving sandbox | tar -C "$ctx/app" -xf -
 
 say "building $IMAGE FROM $BASE (offline: --network none)"
 docker build --network none -q \

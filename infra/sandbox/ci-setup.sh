@@ -13,6 +13,8 @@ missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+# The CPU stack smoke test (infra/smoke/cpu-stack.sh) wants Compose: v2 or Debian's 1.29.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || missing+=(docker-compose)
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
     say "not root: cannot install ${missing[*]}; sandbox tests that need them will skip"
