@@ -22,6 +22,7 @@ the window files are gone (``flows.window.resolve_scenarios``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -248,6 +249,17 @@ def pull_telemetry(
 
 
 # --------------------------------------------------------------------------- evolve
+def _confirm_stage(settings: dict[str, Any]) -> Any:
+    from flows.evolution.config import ConfirmStage
+
+    # A flow parameter arrives as JSON: name a mistyped key instead of a TypeError.
+    known = {f.name for f in dataclasses.fields(ConfirmStage)}
+    if unknown := sorted(set(settings) - known):
+        raise ValueError(f"confirm: unknown setting(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    return ConfirmStage(**{k: tuple(v) if k == "gpu_ids" else v for k, v in settings.items()})
+
+
 @flow(name="evolve", log_prints=True)
 def evolve(
     scenarios: list[str] | None = None,
@@ -271,6 +283,7 @@ def evolve(
     dask_address: str | None = None,
     dask_workers: int = 2,
     holdout_scenarios: list[str] | None = None,
+    confirm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The evolution engine as a flow; candidate evaluations are ``evaluate-candidate`` tasks.
 
@@ -278,7 +291,9 @@ def evolve(
     only where their file is in ``windows_dir`` (default ``<state_dir>/windows``),
     else ``fallback_scenarios``. ``task_runner``: ``threads`` (this flow's pool) or
     ``dask`` (the scheduler at ``dask_address``, or a local cluster of
-    ``dask_workers`` workers), see ``flows.fanout``.
+    ``dask_workers`` workers), see ``flows.fanout``. ``confirm``: the replay stage's
+    settings (``flows.evolution.config.ConfirmStage`` fields, e.g. ``{"top_k": 2,
+    "target": "http://127.0.0.1:8001"}`` on a GPU runner); off by default.
     """
     from flows.evolution.config import EvolutionConfig, LLMConfig, Suite
     from flows.evolution.engine import Evolution
@@ -303,6 +318,7 @@ def evolve(
         parallel=parallel,
         seed=seed,
         llm=LLMConfig.from_env(llm_base_url, llm_model) if llm_base_url else LLMConfig(),
+        confirm=_confirm_stage(confirm or {}),
     )
     if seeds_policies:
         cfg = cfg.with_(seeds_policies=tuple(seeds_policies))

@@ -265,3 +265,13 @@ def test_the_challenger_is_what_the_replay_confirmed(tmp_path, top_k, b_replayed
         assert (chal.id if chal else None) == expected
     finally:
         evo.close()
+
+
+def test_the_evolve_flow_takes_the_stage_as_json_settings():
+    from flows.prefect_flows import _confirm_stage
+
+    stage = _confirm_stage({"top_k": 2, "target": "simulated", "gpu_ids": ["0", "1"]})
+    assert stage == ConfirmStage(top_k=2, target="simulated", gpu_ids=("0", "1"))
+    assert _confirm_stage({}) == ConfirmStage()
+    with pytest.raises(ValueError, match="unknown setting.*topk"):
+        _confirm_stage({"topk": 2})
