@@ -273,5 +273,5 @@ def test_the_evolve_flow_takes_the_stage_as_json_settings():
     stage = _confirm_stage({"top_k": 2, "target": "simulated", "gpu_ids": ["0", "1"]})
     assert stage == ConfirmStage(top_k=2, target="simulated", gpu_ids=("0", "1"))
     assert _confirm_stage({}) == ConfirmStage()
-    with pytest.raises(ValueError, match="unknown setting.*topk"):
+    with pytest.raises(ValueError, match=r"unknown setting.*topk"):
         _confirm_stage({"topk": 2})
