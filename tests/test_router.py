@@ -91,6 +91,47 @@ def test_streaming_passthrough_is_byte_for_byte():
     asyncio.run(main())
 
 
+def test_slow_client_pauses_the_engine_and_still_gets_every_byte(monkeypatch):
+    from serving.upstream import Exchange
+
+    event = b"data: {\"choices\":[{\"text\":\"" + b"x" * 8000 + b"\"}]}\n\n"
+    events = 2000  # 16 MB: more than loopback socket buffers hold
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(events):
+            await resp.write(event)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    pauses = []
+    pause = Exchange.pause_reading
+    monkeypatch.setattr(Exchange, "pause_reading", lambda self: (pauses.append(1), pause(self)))
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        app.router.add_get("/health", health)
+        runner, url = await _site(app)
+        try:
+            async with cluster(n=0, upstreams=[url]) as (running, _, _), \
+                    aiohttp.ClientSession() as s, \
+                    s.post(f"{running.url}/v1/completions", json=COMPLETION) as r:
+                await asyncio.sleep(0.5)  # read nothing while the engine streams
+                got = await r.read()
+            assert got == event * events + b"data: [DONE]\n\n"
+            assert pauses
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
 def test_engine_dying_mid_stream_gives_clean_error_and_failed_row(tmp_path: Path):
     async def main():
         async with cluster(telemetry_dir=tmp_path) as (running, servers, urls), \
@@ -216,6 +257,48 @@ def test_swap_mid_stream_keeps_version_of_inflight_request(tmp_path: Path):
         rows = read_telemetry(tmp_path)
         assert list(rows.policy_version.str[:5]) == ["least", "v-new"]
         assert list(rows.status) == ["ok", "ok"]
+
+    asyncio.run(main())
+
+
+def test_client_leaving_mid_stream_gives_cancelled_row_and_frees_the_replica(tmp_path: Path):
+    async def main():
+        async with cluster(telemetry_dir=tmp_path) as (running, _, _):
+            body = {**COMPLETION, "max_tokens": 200}
+            async with aiohttp.ClientSession() as s:
+                r = await s.post(f"{running.url}/v1/completions", json=body)
+                assert await r.content.readany()
+                r.close()  # hang up mid-stream
+            router = running.router
+            for _ in range(100):
+                if router.requests.get("cancelled"):
+                    break
+                await asyncio.sleep(0.02)
+            assert router.requests == {"cancelled": 1}
+            assert all(router.idle(rid) for rid in router.replicas)
+            async with aiohttp.ClientSession() as s, \
+                    s.post(f"{running.url}/v1/completions", json=COMPLETION) as r:
+                assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        rows = read_telemetry(tmp_path)
+        assert sorted(rows.status) == ["cancelled", "ok"]
+
+    asyncio.run(main())
+
+
+def test_streamed_usage_event_is_not_counted_as_a_token(tmp_path: Path):
+    async def main():
+        async with cluster(n=1, telemetry_dir=tmp_path) as (running, _, _), \
+                aiohttp.ClientSession() as s:
+            for path, body in (
+                    ("completions", {**COMPLETION, "stream_options": {"include_usage": True}}),
+                    ("chat/completions", {
+                        "model": "llama-3-8b", "max_tokens": 6, "stream": True,
+                        "stream_options": {"include_usage": True},
+                        "messages": [{"role": "user", "content": "hi"}]})):
+                async with s.post(f"{running.url}/v1/{path}", json=body) as r:
+                    assert b'"completion_tokens":6' in await r.read()
+        rows = read_telemetry(tmp_path)
+        assert list(rows.output_tokens) == [6, 6]
 
     asyncio.run(main())
 
