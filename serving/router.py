@@ -181,8 +181,10 @@ class Router:
         for eid, handle in engines.items():
             if eid not in self.replicas:
                 self.replicas[eid] = _Replica(handle)
-                # Remember about as many prefix blocks as a replica can cache.
-                self.accounting.add_replica(eid, DEFAULT_KV_BLOCKS)
+                # Remember about as many prefix blocks as the replica can cache (one hash
+                # per 16-token KV block), sized as the simulator sizes it.
+                cost = self._menu().get(handle.spec)
+                self.accounting.add_replica(eid, cost.kv_blocks if cost else DEFAULT_KV_BLOCKS)
         for eid in list(self.replicas):
             if eid not in engines:
                 del self.replicas[eid]

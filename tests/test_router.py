@@ -32,7 +32,8 @@ async def _site(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 @asynccontextmanager
-async def cluster(n=2, policy=None, telemetry_dir=None, engine_cfg=None, upstreams=()):
+async def cluster(n=2, policy=None, telemetry_dir=None, engine_cfg=None, upstreams=(),
+                  model_name=""):
     runners, urls, servers = [], list(upstreams), []
     for _ in range(n):
         srv = EngineServer(engine_cfg() if engine_cfg else EngineServerConfig(fake_itl_s=0.002))
@@ -44,7 +45,7 @@ async def cluster(n=2, policy=None, telemetry_dir=None, engine_cfg=None, upstrea
     running = await start_router(
         StaticFleet(urls), runtime,
         RouterConfig(telemetry_dir=telemetry_dir, scrape_interval_s=0.1,
-                     monitor_interval_s=0.1, hold_timeout_s=2.0),
+                     monitor_interval_s=0.1, hold_timeout_s=2.0, model_name=model_name),
         admin_token="s3cret")
     try:
         yield running, servers, urls
@@ -352,3 +353,17 @@ def test_engine_metric_snapshots_are_stored_beside_telemetry(tmp_path: Path):
     assert files
     table = pq.read_table(files[0])
     assert table.num_rows >= 2 and set(table.column("kv_blocks_total").to_pylist()) == {1}
+
+
+def test_prefix_index_is_sized_to_the_replicas_kv_cache_as_in_the_simulator():
+    from serving.planning import deployable_specs
+
+    async def main():
+        async with cluster(n=1, model_name="llama-3-8b") as (running, _, _):
+            router = running.router
+            handle = router.fleet.engines()[0]
+            expected = deployable_specs("llama-3-8b", ["H100"])[handle.spec].kv_blocks
+            ledger = router.accounting.ledger(handle.id)
+            assert ledger.prefix_capacity == expected > 16384  # an H100 holds more than the default
+
+    asyncio.run(main())
