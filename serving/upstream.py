@@ -3,13 +3,16 @@
 aiohttp's client spends most of the router's CPU on a streamed request: a
 ``ClientRequest``/``ClientResponse`` pair per request, then per streamed chunk a
 ``StreamReader`` future and a wake-up of the handler task before the chunk can be
-written on. Here the engine's response is parsed in the connection's
-``data_received`` and each body piece is handed to a sink callback there, so
-relaying a token costs one callback and one socket write, no task switch
-(measured in docs/router-http-stack.md). It does only what the router needs:
-POST with a body, status and headers, bodies framed by ``Content-Length``,
-chunked encoding or connection close, and keep-alive reuse. Everything else the
-router sends to engines (health probes, ``/metrics``, ``/v1/models``) stays on aiohttp.
+written on. Here the engine's response is fed to an llhttp parser (``httptools``,
+the one uvicorn uses) in the connection's ``data_received``, and the body bytes of
+each read are handed to a sink callback there, so relaying a token costs one
+callback and one socket write, no task switch (measured in
+docs/router-http-stack.md). llhttp does the HTTP/1.1 parsing (status line,
+headers, ``Content-Length``, chunked or close-delimited bodies, keep-alive);
+this module adds what the router needs around it: a POST with a body, a pool of
+kept-alive connections per engine, one retry on a connection the engine closed
+while idle, and one timer per exchange. Everything else the router sends to
+engines (health probes, ``/metrics``, ``/v1/models``) stays on aiohttp.
 """
 
 from __future__ import annotations
@@ -18,15 +21,12 @@ import asyncio
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import httptools
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_IDLE_PER_ENGINE = 256
 
 Sink = Callable[[bytes], None]
-
-# Body framing of the response being read.
-_UNTIL_CLOSE, _LENGTH, _CHUNKED = 0, 1, 2
-# Where a chunked body's parser is.
-_SIZE_LINE, _DATA, _DATA_CRLF, _TRAILER = 0, 1, 2, 3
 
 
 class UpstreamError(ConnectionError):
@@ -45,14 +45,13 @@ class Exchange(asyncio.Protocol):
         """Response headers, names lower-cased (a repeated header keeps its last value)."""
         self.reused = False
         self._timer: asyncio.TimerHandle | None = None
-        self._buf = b""
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head_bytes = 0
         self._head: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] | None = None
         self._sink: Sink | None = None
         self._pieces: list[bytes] = []
-        self._framing = _UNTIL_CLOSE
-        self._left = 0
-        self._chunk_state = _SIZE_LINE
+        self._ended = False
         self._keep_alive = False
         self._received = False
 
@@ -62,21 +61,35 @@ class Exchange(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
-        head, done = self._head, self._done
-        if head is None or done is None or done.done():
+        head, done, parser = self._head, self._done, self._parser
+        if head is None or done is None or parser is None or done.done():
             # Bytes outside an exchange: the connection can no longer be trusted.
             self._keep_alive = False
             if self.transport is not None:
                 self.transport.abort()
             return
         try:
-            if not head.done():
-                data = self._parse_head(data)
-                if not data:
-                    return
-            self._body(data)
-        except ValueError as exc:  # a malformed status line, length or chunk header
-            self._fail(UpstreamError(f"malformed response from engine: {exc}"))
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("engine answered with a protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            if self._ended:  # bytes after the end of the response: keep it, drop the link
+                self._keep_alive = False
+                self._flush()
+                self._finish()
+                if self.transport is not None:
+                    self.transport.abort()
+            else:
+                self._fail(UpstreamError(f"malformed response from engine: {exc}"))
+            return
+        if not head.done():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(UpstreamError("engine response head too large"))
+            return
+        self._flush()
+        if self._ended:
+            self._finish()
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost ends the exchange
@@ -85,10 +98,35 @@ class Exchange(asyncio.Protocol):
         self._pool._forget(self)
         if self._done is None or self._done.done():
             return
-        if self._head is not None and self._head.done() and self._framing == _UNTIL_CLOSE:
-            self._finish()  # a close-delimited body ends here, cleanly
+        headers = self.headers
+        if (self._head is not None and self._head.done() and "content-length" not in headers
+                and "chunked" not in headers.get("transfer-encoding", "").lower()):
+            self._finish()  # a close-delimited body ends here, cleanly (llhttp has no EOF call)
         else:
             self._fail(UpstreamError(f"engine closed the connection: {exc or 'EOF'}"))
+
+    # -- httptools callbacks (from inside feed_data) ---------------------------------------
+    def on_message_begin(self) -> None:
+        if self._ended:  # bytes after the response: stop the parser, drop the connection
+            raise UpstreamError("engine sent more than one response")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1").strip()
+
+    def on_headers_complete(self) -> None:
+        parser, head = self._parser, self._head
+        assert parser is not None and head is not None
+        if parser.should_upgrade():
+            return  # feed_data raises HttpParserUpgrade next: the exchange fails
+        self.status = parser.get_status_code()
+        self._keep_alive = parser.should_keep_alive()
+        head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)  # handed on once feed_data returns (one piece per read)
+
+    def on_message_complete(self) -> None:
+        self._ended = True
 
     # -- one exchange ----------------------------------------------------------------------
     def _start(self, request: list[bytes], timeout_s: float) -> asyncio.Future[None]:
@@ -97,11 +135,13 @@ class Exchange(asyncio.Protocol):
         self._head = loop.create_future()
         self._done = loop.create_future()
         self._done.add_done_callback(_consume_exception)  # a caller may not await it
+        self._parser = httptools.HttpResponseParser(self)  # a fresh parser per exchange
+        self._head_bytes = 0
         self.status = 0
         self.headers = {}
-        self._buf = b""
         self._sink = None
         self._pieces = []
+        self._ended = False
         self._received = False
         assert self.transport is not None
         self.transport.writelines(request)
@@ -145,109 +185,12 @@ class Exchange(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- parsing ---------------------------------------------------------------------------
-    def _parse_head(self, data: bytes) -> bytes:
-        """Consume the status line and headers; returns the body bytes that followed them."""
-        buf = self._buf + data if self._buf else data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                self._fail(UpstreamError("engine response head too large"))
-            self._buf = buf
-            return b""
-        self._buf = b""
-        lines = buf[:end].decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        self.status = int(rest[:3])
-        headers = self.headers
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        connection = headers.get("connection", "").lower()
-        self._keep_alive = version == "HTTP/1.1" and connection != "close"
-        if self.status in (204, 304):
-            self._framing, self._left = _LENGTH, 0  # never a body, whatever the headers say
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            self._framing, self._chunk_state = _CHUNKED, _SIZE_LINE
-        elif "content-length" in headers:
-            self._framing, self._left = _LENGTH, int(headers["content-length"])
-            if self._left < 0:
-                raise ValueError("negative Content-Length")
-        else:
-            self._framing, self._keep_alive = _UNTIL_CLOSE, False
-        assert self._head is not None
-        self._head.set_result(None)
-        body = buf[end + 4 :]
-        if self._framing == _LENGTH and self._left == 0:
-            self._finish()
-        return body
-
-    def _body(self, data: bytes) -> None:
-        if self._framing == _CHUNKED:
-            self._chunked(data)
-        elif self._framing == _LENGTH:
-            take = data[: self._left] if len(data) > self._left else data
-            self._left -= len(take)
-            self._deliver(take)
-            if self._left == 0:
-                self._keep_alive = self._keep_alive and len(data) == len(take)
-                self._finish()
-        else:
-            self._deliver(data)
-
-    def _chunked(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
-        pos, n = 0, len(buf)
-        out = []
-        while pos < n:
-            state = self._chunk_state
-            if state == _DATA:
-                take = min(self._left, n - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                self._left -= take
-                if self._left == 0:
-                    self._chunk_state = _DATA_CRLF
-            elif state == _DATA_CRLF:
-                if n - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise ValueError("chunk not followed by CRLF")
-                pos += 2
-                self._chunk_state = _SIZE_LINE
-            else:  # a size line, or a trailer line after the last chunk
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    break
-                line = buf[pos:eol]
-                pos = eol + 2
-                if state == _TRAILER:
-                    if not line:  # the empty line that ends the message
-                        self._buf = b""
-                        self._keep_alive = self._keep_alive and pos == n
-                        self._deliver_all(out)
-                        self._finish()
-                        return
-                    continue
-                size = int(line.split(b";", 1)[0], 16)
-                if size == 0:
-                    self._chunk_state = _TRAILER
-                else:
-                    self._chunk_state, self._left = _DATA, size
-        self._buf = buf[pos:]
-        self._deliver_all(out)
-
-    def _deliver_all(self, out: list[bytes]) -> None:
-        if out:
-            self._deliver(out[0] if len(out) == 1 else b"".join(out))
-
-    def _deliver(self, piece: bytes) -> None:
-        if not piece:
-            return
-        if self._sink is not None:
-            self._sink(piece)
-        else:
-            self._pieces.append(piece)
+    def _flush(self) -> None:
+        """Hand the body bytes of the last read to the sink, if one is set, as one piece."""
+        pieces = self._pieces
+        if pieces and self._sink is not None:
+            self._pieces = []
+            self._sink(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def _finish(self) -> None:
         assert self._done is not None
@@ -334,7 +277,7 @@ class UpstreamPool:
             conn._timer = None
         idle = self._idle.setdefault(conn._key, [])
         if conn.reusable and len(idle) < self.max_idle:
-            conn._head = conn._done = None
+            conn._head = conn._done = conn._parser = None
             conn._sink = None
             conn.reused = True
             conn.resume_reading()  # a relay may have paused it for a slow client

@@ -197,3 +197,63 @@ def test_exchange_timeout_raises():
             server.close()
 
     run(main)
+
+
+def test_malformed_status_line_or_headers_upgrade_and_oversized_head_raise():
+    cases = [
+        (b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok", "malformed response"),
+        (b"HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 2\r\n\r\nok", "malformed response"),
+        (b"SMTP ready\r\n\r\n", "malformed response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "malformed response"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+         "upgrade"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000, "head too large"),
+    ]
+    replies = [wire for wire, _ in cases]
+
+    async def script(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(replies.pop(0))
+        await w.drain()
+        await asyncio.sleep(5)  # no close: the client must give up on the bytes alone
+
+    async def main() -> None:
+        server, url, _ = await _serve(script)
+        pool = UpstreamPool(timeout_s=2)
+        try:
+            for _, message in cases:
+                with pytest.raises(UpstreamError, match=message):
+                    await pool.post(url, "/x", b"{}")
+        finally:
+            pool.close()
+            server.close()
+
+    run(main)
+
+
+def test_bytes_after_the_response_keep_the_body_but_not_the_connection():
+    replies = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nxx",  # a reply nobody asked for
+               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokjunk",
+               b"HTTP/1.1 204 No Content\r\n\r\n"]
+
+    async def script(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(replies.pop(0))
+
+    async def main() -> None:
+        server, url, accepted = await _serve(script)
+        pool = UpstreamPool()
+        try:
+            for expected in (b"ok", b"ok"):
+                ex = await pool.post(url, "/x", b"{}")
+                assert await ex.read() == expected
+                assert ex.complete and not ex.reusable
+                pool.release(ex)
+            ex = await pool.post(url, "/x", b"{}")
+            assert (ex.status, await ex.read(), ex.reusable) == (204, b"", True)
+            pool.release(ex)
+            assert len(accepted) == 3
+        finally:
+            pool.close()
+            server.close()
+
+    run(main)
