@@ -2,54 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from flows.cli_output import console, write_json
+from flows.cli_output import fail as _fail
+from flows.cli_output import progress as _progress
 
 app = typer.Typer(help="Autopoiesis: LLM serving policies as living code.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks, each printed as a table and optionally saved as JSON.")
 app.add_typer(bench_app, name="bench")
-# Piped output (CI logs, files) gets room for the wide benchmark tables.
-console = Console() if sys.stdout.isatty() else Console(width=160)
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
-
-
-def _write_json(path: Path | None, payload: object) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    console.print(f"wrote {path}")
-
-
-def _jsonable(value: object) -> object:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _load_policy(spec: str):
@@ -121,7 +89,7 @@ def simulate(
         table.add_row(key, _fmt(value))
     table.add_row("simulated requests/s of wall", _fmt(len(sc.workload) / result.wall_s))
     console.print(table)
-    _write_json(
+    write_json(
         json_out,
         {
             "scenario": sc.name,
@@ -199,7 +167,7 @@ def bench_baselines(
         grid.add_row(policy_name, *cells)
     console.print(grid)
     console.print(f"simulated {len(table)} runs in {table['wall_s'].sum():.1f} s of wall time")
-    _write_json(
+    write_json(
         json_out,
         {
             "seed": seed,
@@ -229,7 +197,7 @@ def bench_simulator(
         if not isinstance(value, dict | list):
             table.add_row(key, _fmt(value))
     console.print(table)
-    _write_json(json_out, result)
+    write_json(json_out, result)
 
 
 @bench_app.command("fidelity")
@@ -248,7 +216,7 @@ def bench_fidelity(json_out: JsonOut = None, seed: int = 0) -> None:
         table.add_row(name, str(figures["rows"]), f"{figures['mape']:.2%}")
     table.add_row("[bold]overall[/]", str(report["rows"]), f"[bold]{report['mape']:.2%}[/]")
     console.print(table)
-    _write_json(json_out, report)
+    write_json(json_out, report)
 
 
 sandbox_app = typer.Typer(help="The evaluation sandbox for untrusted, LLM-written policies.")
@@ -286,7 +254,7 @@ def sandbox_selftest(backend: Backend = "auto", json_out: JsonOut = None) -> Non
         f"evaluation {report['mean_overhead_s']:.3f} s warm, "
         f"{report['cold_overhead_s']:.3f} s cold"
     )
-    _write_json(json_out, report)
+    write_json(json_out, report)
     if report["contained"] != report["cases"]:
         raise typer.Exit(1)
 
@@ -336,7 +304,7 @@ def evaluate(
             )
         console.print(table)
         console.print(f"objective (mean): {_fmt(report['objective'])}")
-    _write_json(json_out, report)
+    write_json(json_out, report)
     if report.get("rejection"):
         raise typer.Exit(1)
 

@@ -8,17 +8,14 @@ use servers.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console() if sys.stdout.isatty() else Console(width=160)
+from flows.cli_output import console, write_json
 
 
 def quiet_defaults() -> None:
@@ -27,13 +24,6 @@ def quiet_defaults() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
-
-
-def _dump(path: Path | None, payload: object) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        console.print(f"wrote {path}")
 
 
 def pull(
@@ -60,7 +50,7 @@ def pull(
         + "; ".join(out.get("reasons") or [out.get("reason") or "no drift"]),
         highlight=False,
     )
-    _dump(json_out, out)
+    write_json(json_out, out)
 
 
 def promote(
@@ -85,7 +75,7 @@ def promote(
                        admin_token=token, telemetry_dir=telemetry_dir, dwell_s=dwell_s,
                        margin=margin, tracking_uri=tracking_uri)
     console.print(f"promoted: {out['promoted']}; " + "; ".join(out["reasons"]), highlight=False)
-    _dump(json_out, out)
+    write_json(json_out, out)
 
 
 def demo(
@@ -124,7 +114,7 @@ def demo(
     )
     console.print(f"MLflow UI:  mlflow ui --backend-store-uri {out['tracking_uri']}")
     console.print("Prefect UI: prefect server start   (then: autopoiesis deploy)")
-    _dump(json_out, out)
+    write_json(json_out, out)
     if out["control_error"]:
         console.print(f"[red]control plane error:[/] {out['control_error']}")
         raise typer.Exit(1)

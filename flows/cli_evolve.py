@@ -5,24 +5,19 @@ Registered onto the main app by one line at the bottom of ``flows/cli.py``.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-console = Console() if sys.stdout.isatty() else Console(width=160)
+from flows.cli_output import console, write_json
+from flows.cli_output import fail as _fail
+from flows.cli_output import progress as new_progress
+
 llm_app = typer.Typer(help="Local LLM for evolution (optional extra: pip install '.[llm]').")
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _rich_progress(progress: Progress):
@@ -168,14 +163,7 @@ def evolve(
         else:
             champ = (Path(champion).stem, Path(champion).read_text("utf-8"))
     run_dir = run_dir or Path("mlruns") / "evolution" / time.strftime("evo-%Y%m%d-%H%M%S")
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = new_progress()
     try:
         evo = Evolution(
             cfg,
@@ -215,10 +203,7 @@ def evolve(
         if not isinstance(v, list | dict):
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        console.print(f"wrote {json_out}")
+    write_json(json_out, summary)
 
 
 @llm_app.command("serve-local")
@@ -273,10 +258,7 @@ def bench_fanout(
     console.print(table)
     if "dask_vs_threads" in out:
         console.print(f"dask / threads: {out['dask_vs_threads']:.2f}")
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(out, indent=2, default=str) + "\n")
-        console.print(f"wrote {json_out}")
+    write_json(json_out, out)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -7,16 +7,15 @@ app by one line at the bottom of ``flows/cli.py``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from flows.cli_output import console, write_json
+from flows.cli_output import fail as _fail
 
 ROWS = (
     ("requests", "requests", 1.0, "{:.0f}"),
@@ -30,11 +29,6 @@ ROWS = (
     ("preemptions", "preemptions", 1.0, "{:.0f}"),
     ("retries", "retries", 1.0, "{:.0f}"),
 )
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _cell(value: float | None, scale: float, fmt: str) -> str:
@@ -89,9 +83,7 @@ def replay_stage(
         _fail(str(e))
     with console.status(f"replaying {scenario} on {target.kind} engines"):
         res = run_isolated(req)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+    write_json(json_out, res.to_dict())
     if not res.ok:
         _fail(f"replay stage stopped at {res.stage}: {res.error}")
     table = Table(title=f"{name} on {res.scenario} ({res.engine_kind} engines, "

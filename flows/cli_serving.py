@@ -8,22 +8,16 @@ evaluation plane; the HTTP load generator itself is ``serving.loadgen``.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
+from flows.cli_output import console, write_json
+from flows.cli_output import fail as _fail
 
 
 def serve(
@@ -137,10 +131,7 @@ def replay(
                   f"{s.output_tok_s:.0f} tok/s  max send lag {s.max_send_lag_ms:.1f} ms")
     if s.errors:
         console.print(f"errors: {s.errors}")
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(asdict(s), indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+    write_json(json_out, asdict(s))
 
 
 def bench_router(
@@ -176,10 +167,7 @@ def bench_router(
     console.print(table)
     console.print(f"max rate with no failures and added p99 <= 10 ms: "
                   f"{out['max_rate_no_failures']}; swaps: {out['swap']}")
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(out, indent=2, default=str) + "\n")
-        console.print(f"wrote {json_out}")
+    write_json(json_out, out)
 
 
 def _fmt(v: float) -> str:

@@ -1,0 +1,53 @@
+"""What every ``autopoiesis`` command prints and writes: one console, errors, progress, JSON.
+
+Shared by ``flows/cli.py`` and the command modules it registers (``cli_serving``,
+``cli_evolve``, ``cli_control``, ``cli_replay``), so they look and fail alike.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+# Piped output (CI logs, files) gets room for the wide benchmark tables.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def fail(message: str) -> NoReturn:
+    """A one-line error naming what is wrong; exit status 2."""
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def progress() -> Progress:
+    """The progress bar of long commands: description, bar, done/total, elapsed."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def write_json(path: Path | None, payload: object) -> None:
+    """``--json F``: the results, indented; nothing when no file was asked for."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    console.print(f"wrote {path}")
+
+
+def _jsonable(value: object) -> object:
+    # numpy scalars become numbers; anything else (paths, enums) its text.
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
