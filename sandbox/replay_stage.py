@@ -237,7 +237,7 @@ async def _gpu_seconds(fleet: Fleet, period_s: float, time_scale: float, box: li
 async def replay(req: ReplayRequest, scenario: Scenario, policy: LoadedPolicy,
                  out: ReplayResult) -> None:
     """Engines up, router with ``policy`` in front, the slice sent through it; fills ``out``."""
-    from serving.loadgen import run_load
+    from serving.loadgen import run_load, summarize
     from serving.policy_runtime import PolicyRuntime
     from serving.router import RouterConfig
     from serving.serve import start_router
@@ -265,7 +265,7 @@ async def replay(req: ReplayRequest, scenario: Scenario, policy: LoadedPolicy,
         running = await start_router(fleet, runtime, config)
         gpu = [0.0]
         sampler = asyncio.create_task(_gpu_seconds(fleet, config.monitor_interval_s, k, gpu))
-        results, _ = await asyncio.wait_for(
+        results, load_wall_s = await asyncio.wait_for(
             run_load(running.url, shots, model=model, timeout_s=timeout_wall,
                      extra_body={"ignore_eos": True}),  # real vLLM: generate the trace's length
             shots[-1].at + timeout_wall + 30.0)
@@ -281,17 +281,13 @@ async def replay(req: ReplayRequest, scenario: Scenario, policy: LoadedPolicy,
     live["preemptions"] = after - before
     live["replans"] = float(running.router.plans_applied)
     out.summary = live
-    out.failures = sum(1 for r in results if not r.ok)
-    out.errors = {}
-    for r in results:
-        if not r.ok:
-            why = r.error or f"HTTP {r.status}"
-            out.errors[why] = out.errors.get(why, 0) + 1
+    client = summarize(results, load_wall_s)
+    out.failures, out.errors = client.failed, client.errors
     out.fallbacks = dict(runtime.fallbacks)
     out.demotions = runtime.demotions
     out.reschedule_errors = runtime.reschedule_errors
     out.plans_applied = running.router.plans_applied
-    out.max_send_lag_s = max((r.lag_s for r in results), default=0.0) / k
+    out.max_send_lag_s = client.max_send_lag_ms / 1000 / k
     out.ok = True
 
 

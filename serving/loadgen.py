@@ -13,6 +13,7 @@ import asyncio
 import gc
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -74,10 +75,7 @@ def summarize(results: Sequence[Result], duration_s: float) -> Summary:
         return {f"p{q}": percentile(xs, q) * 1000 for q in (50, 90, 99)} | {
             "mean": (sum(xs) / len(xs) * 1000) if xs else math.nan}
 
-    errors: dict[str, int] = {}
-    for r in results:
-        if not r.ok:
-            errors[r.error or f"HTTP {r.status}"] = errors.get(r.error or f"HTTP {r.status}", 0) + 1
+    errors = dict(Counter(r.error or f"HTTP {r.status}" for r in results if not r.ok))
     return Summary(
         requests=len(results), ok=len(ok), failed=len(results) - len(ok), duration_s=duration_s,
         ttft_ms=pcts([r.ttft_s for r in ok]),
