@@ -34,7 +34,7 @@ from prefect.tasks import exponential_backoff
 from flows.evolution.cascade import Cascade, Outcome
 from flows.evolution.config import Suite
 from sandbox.evaluator import Evaluator
-from sandbox.protocol import EvalRequest, EvalResponse, Limits
+from sandbox.protocol import EvalRequest, EvalResponse
 
 
 class InfrastructureError(RuntimeError):
@@ -154,15 +154,10 @@ def run_on(runner: Any, fn: Callable[[], Any]) -> Any:
 
 
 class TaskCascade(Cascade):
-    def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
-        limits = Limits(wall_s=self.cfg.eval_wall_s, memory_mb=self.cfg.eval_memory_mb)
-        reqs = [
-            EvalRequest.build(
-                src, suite.scenarios, seeds=suite.seeds, scale=suite.scale, limits=limits,
-                name="candidate", windows_dir=suite.windows_dir,
-            )
-            for src in sources
-        ]
+    def evaluate_many(
+        self, sources: Sequence[str], suite: Suite, names: Sequence[str] | None = None
+    ) -> list[Outcome]:
+        reqs = self._requests(sources, suite, names)
         out: list[Outcome | None] = [None] * len(reqs)
         todo: list[tuple[int, EvalRequest]] = []
         for i, req in enumerate(reqs):
@@ -176,7 +171,9 @@ class TaskCascade(Cascade):
                 [r.to_dict() for _, r in todo],
                 backend=unmapped(self.cfg.backend),
                 parallel=unmapped(self.cfg.parallel),
-                name=[r.source_sha256[:10] for _, r in todo],
+                # Task runs named after the candidate (``g001-s000``, its tuning trials
+                # ``g001-s000-trial2``), not the source hash: what the Prefect UI lists.
+                name=[r.name for _, r in todo],
             )
             for (i, req), fut in zip(todo, futures, strict=True):
                 try:
