@@ -143,12 +143,22 @@ def _fanout_flow(call: str) -> Any:
     return sys.modules[__name__].__dict__["_CALLS"][call]()
 
 
-def run_on(runner: Any, fn: Callable[[], Any]) -> Any:
-    """``fn()`` inside a subflow whose task runner is ``runner`` (its ``.map`` lands there)."""
+def run_on(runner: Any, fn: Callable[[], Any], *, flow_name: str | None = None,
+           run_name: str | None = None) -> Any:
+    """``fn()`` inside a (sub)flow whose task runner is ``runner`` (its ``.map`` lands there).
+
+    ``flow_name``/``run_name``: what the Prefect UI lists it as (``autopoiesis evolve``
+    runs as flow ``evolve``, named after its run directory, beside the deployment's runs).
+    """
     key = f"{id(fn):x}-{threading.get_ident():x}"
     _CALLS[key] = fn
+    options: dict[str, Any] = {"task_runner": runner}
+    if flow_name:
+        options["name"] = flow_name
+    if run_name:
+        options["flow_run_name"] = run_name
     try:
-        return _fanout_flow.with_options(task_runner=runner)(key)
+        return _fanout_flow.with_options(**options)(key)
     finally:
         _CALLS.pop(key, None)
 

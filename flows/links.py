@@ -49,8 +49,13 @@ def git_commit() -> str | None:
     if not (ROOT / ".git").exists():
         return None
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -74,8 +79,11 @@ def run_tags(source: str, description: str | None = None) -> dict[str, str]:
     if description:
         tags[NOTE] = description
     if flow_run:
-        tags |= {"prefect.flow_run_id": flow_run["id"], "prefect.flow_run_name": flow_run["name"],
-                 "prefect.flow_run_url": flow_run["url"]}
+        tags |= {
+            "prefect.flow_run_id": flow_run["id"],
+            "prefect.flow_run_name": flow_run["name"],
+            "prefect.flow_run_url": flow_run["url"],
+        }
     return tags
 
 
@@ -120,8 +128,7 @@ def current_flow_run() -> dict[str, str] | None:
     if ctx is None or ctx.flow_run is None:
         return None
     fr = ctx.flow_run
-    return {"id": str(fr.id), "name": fr.name,
-            "url": f"{prefect_ui_url()}/runs/flow-run/{fr.id}"}
+    return {"id": str(fr.id), "name": fr.name, "url": f"{prefect_ui_url()}/runs/flow-run/{fr.id}"}
 
 
 def link_flow_run(tracking_uri: str, experiment_id: str, run_id: str, what: str) -> str | None:
@@ -136,8 +143,12 @@ def link_flow_run(tracking_uri: str, experiment_id: str, run_id: str, what: str)
     if flow_run is None:
         return None
     url = mlflow_run_url(tracking_uri, experiment_id, run_id)
-    create_link_artifact(url, link_text=f"MLflow {what} {run_id[:8]}", key="mlflow-run",
-                         description=f"The MLflow {what} this flow run logged.")
+    create_link_artifact(
+        url,
+        link_text=f"MLflow {what} {run_id[:8]}",
+        key="mlflow-run",
+        description=f"The MLflow {what} this flow run logged.",
+    )
     add_flow_run_tags([f"mlflow-run:{run_id}"])
     return url
 
@@ -152,8 +163,7 @@ def add_flow_run_tags(tags: list[str]) -> None:
         return
     with get_client(sync_client=True) as client:
         current = client.read_flow_run(ctx.flow_run.id).tags or []
-        client.update_flow_run(ctx.flow_run.id,
-                               tags=list(dict.fromkeys([*current, *tags])))
+        client.update_flow_run(ctx.flow_run.id, tags=list(dict.fromkeys([*current, *tags])))
 
 
 def markdown_artifact(key: str, markdown: str, description: str) -> None:

@@ -40,18 +40,30 @@ def signature() -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([ColSpec("string", "scenario"), ColSpec("long", "seed", required=False),
-                     ColSpec("double", "scale", required=False)])
-    outputs = Schema([ColSpec("string", "scenario"), ColSpec("long", "seed"),
-                      *(ColSpec("double", c) for c in OUTPUT_COLUMNS),
-                      ColSpec("string", "rejection", required=False)])
-    params = ParamSchema([ParamSpec("backend", "string", "auto"),
-                          ParamSpec("wall_s", "double", 120.0)])
+    inputs = Schema(
+        [
+            ColSpec("string", "scenario"),
+            ColSpec("long", "seed", required=False),
+            ColSpec("double", "scale", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", "scenario"),
+            ColSpec("long", "seed"),
+            *(ColSpec("double", c) for c in OUTPUT_COLUMNS),
+            ColSpec("string", "rejection", required=False),
+        ]
+    )
+    params = ParamSchema(
+        [ParamSpec("backend", "string", "auto"), ParamSpec("wall_s", "double", 120.0)]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def log_policy_model(client: Any, experiment_id: str, run_id: str, source: str, name: str,
-                     tags: dict[str, str]) -> str:
+def log_policy_model(
+    client: Any, experiment_id: str, run_id: str, source: str, name: str, tags: dict[str, str]
+) -> str:
     """Log ``source`` as a pyfunc model output of run ``run_id``; returns its model id.
 
     The logged model is created here, in the run's experiment (``Model.log`` alone would
@@ -62,8 +74,13 @@ def log_policy_model(client: Any, experiment_id: str, run_id: str, source: str, 
     from mlflow.entities import LoggedModelStatus
     from mlflow.models import Model
 
-    lm = client.create_logged_model(experiment_id=experiment_id, name=MODEL_NAME_IN_RUN,
-                                    source_run_id=run_id, tags=tags, model_type="policy")
+    lm = client.create_logged_model(
+        experiment_id=experiment_id,
+        name=MODEL_NAME_IN_RUN,
+        source_run_id=run_id,
+        tags=tags,
+        model_type="policy",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / SOURCE_FILE
         path.write_text(source, "utf-8")
@@ -84,19 +101,41 @@ def log_policy_model(client: Any, experiment_id: str, run_id: str, source: str, 
     return str(lm.model_id)
 
 
-def register_version(client: Any, experiment_id: str, run_id: str, source: str, name: str, *,
-                     tags: dict[str, str], description: str, model: str,
-                     model_description: str, alias: str | None = None) -> str:
+def register_version(
+    client: Any,
+    experiment_id: str,
+    run_id: str,
+    source: str,
+    name: str,
+    *,
+    tags: dict[str, str],
+    description: str,
+    model: str,
+    model_description: str,
+    alias: str | None = None,
+) -> str:
     """``source`` as a new version of registered model ``model``: the pyfunc model logged
     on ``run_id``, with ``tags``, a markdown ``description`` and optionally ``alias``."""
     from mlflow.exceptions import MlflowException
 
     with contextlib.suppress(MlflowException):  # it exists after the first registration
         client.create_registered_model(model, description=model_description)
-    model_id = log_policy_model(client, experiment_id, run_id, source, name,
-                                {"candidate": name, "source_sha256": tags["source_sha256"]})
-    mv = client.create_model_version(model, f"models:/{model_id}", run_id=run_id, tags=tags,
-                                     description=description, model_id=model_id)
+    model_id = log_policy_model(
+        client,
+        experiment_id,
+        run_id,
+        source,
+        name,
+        {"candidate": name, "source_sha256": tags["source_sha256"]},
+    )
+    mv = client.create_model_version(
+        model,
+        f"models:/{model_id}",
+        run_id=run_id,
+        tags=tags,
+        description=description,
+        model_id=model_id,
+    )
     if alias:
         client.set_registered_model_alias(model, alias, mv.version)
     return str(mv.version)
@@ -137,10 +176,14 @@ class PolicyPyfunc:
         params = params or {}
         limits = Limits(wall_s=float(params.get("wall_s", 120.0)))
         reqs = [
-            EvalRequest.build(self.source, [str(row["scenario"])],
-                              seeds=[int(_get(row, "seed", 0))],
-                              scale=float(_get(row, "scale", 1.0)), limits=limits,
-                              name=self.name)
+            EvalRequest.build(
+                self.source,
+                [str(row["scenario"])],
+                seeds=[int(_get(row, "seed", 0))],
+                scale=float(_get(row, "scale", 1.0)),
+                limits=limits,
+                name=self.name,
+            )
             for _, row in frame.iterrows()
         ]
         with Evaluator(str(params.get("backend", "auto")), max_parallel=2) as ev:
@@ -175,8 +218,9 @@ def _load_pyfunc(data_path: str) -> PolicyPyfunc:
         meta = (yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {}
         want = meta.get("source_sha256")
         if want and want != sha256_text(source):
-            raise PolicyModelError(f"{path}: source hashes to {sha256_text(source)[:12]}, "
-                                   f"MLmodel says {want[:12]}")
+            raise PolicyModelError(
+                f"{path}: source hashes to {sha256_text(source)[:12]}, MLmodel says {want[:12]}"
+            )
         return PolicyPyfunc(source, str(meta.get("policy_name", "policy")))
     return PolicyPyfunc(source)
 

@@ -122,6 +122,7 @@ class Tracker:
                 max_results=5000,
             ):
                 self.logged.add(r.data.tags.get("candidate_id", ""))
+            links.link_flow_run(self.uri, self.experiment_id, run_id, "evolution run")
             return run_id
         run = self.client.create_run(
             self.experiment_id,
@@ -135,6 +136,7 @@ class Tracker:
         )
         self.run_id = run.info.run_id
         self._params(self.run_id, config_params(cfg))
+        links.link_flow_run(self.uri, self.experiment_id, self.run_id, "evolution run")
         return self.run_id
 
     @property
@@ -206,13 +208,15 @@ class Tracker:
                 **{f"param.{k}": str(v) for k, v in c.params.items()},
             },
         )
-        metrics: dict[str, float] = {"eval_wall_s": c.eval_s}
-        if c.origin == "llm":  # zero for every other origin: not a column worth charting
-            metrics |= {"tokens": c.tokens, "cost_usd": c.cost_usd}
+        # Objective first: MLflow's compare view charts the first metric the runs share.
+        metrics: dict[str, float] = {}
         if c.quick is not None:
             metrics["objective"] = c.quick
         if c.full is not None:
             metrics["full_objective"] = c.full
+        metrics["eval_wall_s"] = c.eval_s
+        if c.origin == "llm":  # zero for every other origin: not a column worth charting
+            metrics |= {"tokens": c.tokens, "cost_usd": c.cost_usd}
         metrics |= {f"quick.{k}": v for k, v in c.quick_by_scenario.items()}
         metrics |= {f"full.{k}": v for k, v in c.full_by_scenario.items()}
         metrics |= {f"descriptor.{k}": v for k, v in c.descriptors.items()}
@@ -334,6 +338,29 @@ class Tracker:
             for path in plots.write_plots(Path(tmp), archive, history):
                 self.client.log_artifact(self.run_id, str(path), "plots")
         self.client.set_terminated(self.run_id, status)
+        links.markdown_artifact("evolution-summary", self.report(summary),
+                                "What this evolution found, with links to MLflow.")
+
+    def report(self, summary: dict[str, Any]) -> str:
+        """The evolution's result as markdown (the flow run's artifact)."""
+        version = summary.get("registered_version")
+        ui = links.mlflow_ui_url(self.uri)
+        registered = (f"[{MODEL_NAME} v{version}]({ui}/#/models/{MODEL_NAME}/versions/{version})"
+                      " (alias challenger)" if version else "nothing (no candidate qualified)")
+        rows = [
+            ("seed champion", f"{summary.get('seed_policy')}: {summary.get('seed_objective')}"),
+            ("best candidate", f"{summary.get('best_candidate')} ({summary.get('best_origin')}):"
+                               f" {summary.get('best_objective')}"),
+            ("improvement", summary.get("improvement")),
+            ("registered", registered),
+            ("candidates (rejected)",
+             f"{summary.get('candidates')} ({summary.get('candidates_rejected')})"),
+            ("sandbox evaluations", summary.get("sandbox_evaluations")),
+            ("quick suite", ", ".join(summary.get("quick_suite") or [])),
+            ("wall time s", summary.get("wall_s")),
+        ]
+        return "\n".join([f"## Evolution [{self.run_id}]({self.run_url})", "",
+                          links.markdown_table(rows)])
 
 
 def describe_candidate(c: Candidate) -> str:
