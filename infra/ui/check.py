@@ -389,6 +389,14 @@ def shoot(driver: Any, shots: Path | None, name: str) -> None:
     from PIL import Image
 
     shots.mkdir(parents=True, exist_ok=True)
+    # MLflow 3.17 opens its assistant panel over a third of the page: close it first.
+    driver.execute_script("""
+        for (const b of document.querySelectorAll('button[aria-label]')) {
+          const r = b.getBoundingClientRect();
+          if (/close/i.test(b.getAttribute('aria-label')) && r.left > window.innerWidth * 0.8
+              && r.top < 80) { b.click(); }
+        }""")
+    time.sleep(1.0)
     raw = WORK / f"{name}.raw.png"
     driver.save_screenshot(str(raw))
     # A 256-colour palette keeps a UI screenshot legible at a fraction of the size.
@@ -420,7 +428,7 @@ def check_browser(urls: dict[str, str], evolve_dep: dict[str, Any], evolve_fr: d
         page(driver, f"{p}/work-pools", [WORK_POOL], "Prefect work pools page")
         # MLflow 3.17's UI opens experiments on its GenAI overview unless told otherwise
         # (the experiment kind tag counts only where its workflow switch is off).
-        page(driver, f"{m}/#/experiments/{exp_id}?{ML_VIEW}", ["g001-s000", "Run Name"],
+        page(driver, f"{m}/#/experiments/{exp_id}?{ML_VIEW}", ["cli-evolve", "Run Name"],
              "MLflow experiment opens on its runs")
         shoot(driver, shots, "mlflow-runs")
         ids = json.dumps(candidates[:6]).replace(" ", "")
