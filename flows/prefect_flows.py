@@ -137,7 +137,7 @@ def _log_run(tracking_uri: str | None, name: str, kind: str, metrics: dict[str, 
 
 def _run_name(kind: str) -> Callable[[], str]:
     """Flow run names that say what and when (``evolve-20250101-030000``), not Prefect's
-    random adjective-animal: the evolution's MLflow run is named after it."""
+    random adjective-animal; the evolution's MLflow run takes the same name."""
     return lambda: f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -394,7 +394,9 @@ def evolve(
     if reg.version_of(CHAMPION) is not None:
         p = reg.fetch(CHAMPION)
         champ = (p.name, p.source)
-    run_dir = Path(tempfile.mkdtemp(prefix="evolve-", dir=_ensure(Path(state_dir) / "runs")))
+    # Named after the flow run, so the evolution's MLflow run reads like it.
+    run_name = (links.current_flow_run() or {}).get("name", "evolve")
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{run_name}-", dir=_ensure(Path(state_dir) / "runs")))
     evo = Evolution(cfg, run_dir, tracker=Tracker(tracking_uri), champion=champ)
     evo.cascade = TaskCascade(cfg, evo.journal)  # fan out as Prefect tasks
     try:

@@ -29,188 +29,81 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
+from browser import check_browser
+from uiapi import (
+    TERMINAL,
+    CheckFailed,
+    MlflowAPI,
+    PrefectAPI,
+    Services,
+    expect,
+    free_port,
+    say,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WORK = ROOT / "mlruns" / "ui-check"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SCENARIO = "mixed-pool"
 SCALE = 0.05
-ML_VIEW = "workflowType=machine_learning"
-
-
-class CheckFailed(RuntimeError):
-    pass
-
-
-def say(msg: str) -> None:
-    print(f"[ui-check] {time.strftime('%H:%M:%S')} {msg}", flush=True)
-
-
-def expect(ok: Any, what: str, detail: Any = "") -> None:
-    if not ok:
-        raise CheckFailed(f"{what}: {detail}" if detail != "" else what)
-    say(f"ok  {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Services:
-    """The processes this check started, each in its own process group."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, cmd: list[str]) -> None:
-        log = (WORK / f"{name}.log").open("wb")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs.append((name, proc))
-
-    def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                say(f"{name} did not stop on SIGTERM: killing it")
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def alive(self, name: str) -> None:
-        for n, proc in self.procs:
-            if n == name and proc.poll() is not None:
-                tail = (WORK / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise CheckFailed(f"{name} exited ({proc.returncode}):\n{tail}")
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            got = fn()
-        except (requests.RequestException, CheckFailed) as e:
-            got, last = None, e
-        if got:
-            return got
-        time.sleep(every_s)
-    raise CheckFailed(f"{what}: not within {timeout_s:.0f} s ({last})")
-
-
-# --------------------------------------------------------------------------- Prefect API
-class PrefectAPI:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        r = requests.post(f"{self.url}{path}", json=body or {}, timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def get(self, path: str) -> Any:
-        r = requests.get(f"{self.url}{path}", timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def deployments(self) -> dict[str, dict[str, Any]]:
-        return {d["name"]: d for d in self.post("/deployments/filter")}
-
-    def run(self, deployment_id: str, parameters: dict[str, Any]) -> str:
-        fr = self.post(f"/deployments/{deployment_id}/create_flow_run",
-                       {"parameters": parameters})
-        return str(fr["id"])
-
-    def wait(self, flow_run_id: str, timeout_s: float) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            fr = self.get(f"/flow_runs/{flow_run_id}")
-            return fr if fr["state_type"] in TERMINAL else None
-
-        return wait_for(f"flow run {flow_run_id}", done, timeout_s, 2.0)
-
-    def logs(self, flow_run_id: str) -> str:
-        rows = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                          "limit": 200})
-        return "\n".join(r["message"] for r in rows)
-
-    def artifacts(self, flow_run_id: str) -> dict[str, dict[str, Any]]:
-        rows = self.post("/artifacts/filter",
-                         {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
-        return {a["key"]: a for a in rows if a.get("key")}
-
-    def flow_runs(self, flow_name: str) -> list[dict[str, Any]]:
-        return self.post("/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
-
-
-# --------------------------------------------------------------------------- MLflow API
-class MlflowAPI:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def get(self, path: str, **params: Any) -> Any:
-        r = requests.get(f"{self.url}/api/2.0/mlflow{path}", params=params, timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        run = self.get("/runs/get", run_id=run_id)["run"]
-        run["tags"] = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-        return run
-
-    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        rows = self.get("/metrics/get-history", run_id=run_id, metric_key=key).get("metrics", [])
-        return [(int(m.get("step", 0)), float(m["value"])) for m in rows]
-
-    def experiment(self, name: str) -> dict[str, Any]:
-        exp = self.get("/experiments/get-by-name", experiment_name=name)["experiment"]
-        exp["tags"] = {t["key"]: t["value"] for t in exp.get("tags", [])}
-        return exp
-
-    def children(self, experiment_id: str, parent: str) -> list[dict[str, Any]]:
-        r = requests.post(f"{self.url}/api/2.0/mlflow/runs/search", timeout=30, json={
-            "experiment_ids": [experiment_id], "max_results": 500,
-            "filter": f"tags.`mlflow.parentRunId` = '{parent}'"})
-        r.raise_for_status()
-        return r.json().get("runs", [])
 
 
 # --------------------------------------------------------------------------- the steps
 def start_services(svc: Services, prefect_port: int, mlflow_port: int) -> None:
-    svc.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(prefect_port)])
-    svc.start("mlflow-server", [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-        "--backend-store-uri", f"sqlite:///{WORK / 'mlflow.db'}",
-        "--artifacts-destination", str(WORK / "artifacts"), "--workers", "1"])
+    svc.start(
+        "prefect-server",
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(prefect_port),
+        ],
+    )
+    svc.start(
+        "mlflow-server",
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--backend-store-uri",
+            f"sqlite:///{WORK / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(WORK / "artifacts"),
+            "--workers",
+            "1",
+        ],
+    )
 
     def healthy(name: str, url: str) -> bool:
         svc.alive(name)
         return requests.get(url, timeout=5).ok
 
-    wait_for("Prefect server", lambda: healthy(
-        "prefect-server", f"http://127.0.0.1:{prefect_port}/api/health"), 180)
-    wait_for("MLflow server", lambda: healthy(
-        "mlflow-server", f"http://127.0.0.1:{mlflow_port}/health"), 180)
+    wait_for(
+        "Prefect server",
+        lambda: healthy("prefect-server", f"http://127.0.0.1:{prefect_port}/api/health"),
+        180,
+    )
+    wait_for(
+        "MLflow server",
+        lambda: healthy("mlflow-server", f"http://127.0.0.1:{mlflow_port}/health"),
+        180,
+    )
     say("both servers up")
 
 
@@ -218,33 +111,48 @@ def seed_champion() -> str:
     from flows.registry import CHAMPION, PolicyRegistry
     from serving.policy_loader import builtin_source
 
-    return PolicyRegistry().register_source(builtin_source("round_robin"), "round_robin",
-                                            alias=CHAMPION)
+    return PolicyRegistry().register_source(
+        builtin_source("round_robin"), "round_robin", alias=CHAMPION
+    )
 
 
 def check_deployments(api: PrefectAPI) -> dict[str, dict[str, Any]]:
     from flows.deploy import SPECS, WORK_POOL
 
-    deps = wait_for("the three deployments", lambda: (
-        d if set(SPECS) <= set(d := api.deployments()) else None), 120)
+    deps = wait_for(
+        "the three deployments",
+        lambda: d if set(SPECS) <= set(d := api.deployments()) else None,
+        120,
+    )
     for name, spec in SPECS.items():
         d = deps[name]
-        expect(set(spec.tags) <= set(d["tags"]), f"deployment {name} has tags {spec.tags}",
-               d["tags"])
-        expect(d["description"] == spec.description, f"deployment {name} has its description",
-               d["description"])
-        expect(d["work_pool_name"] == WORK_POOL, f"deployment {name} is on work pool {WORK_POOL}",
-               d["work_pool_name"])
+        expect(
+            set(spec.tags) <= set(d["tags"]), f"deployment {name} has tags {spec.tags}", d["tags"]
+        )
+        expect(
+            d["description"] == spec.description,
+            f"deployment {name} has its description",
+            d["description"],
+        )
+        expect(
+            d["work_pool_name"] == WORK_POOL,
+            f"deployment {name} is on work pool {WORK_POOL}",
+            d["work_pool_name"],
+        )
         props = d["parameter_openapi_schema"]["properties"]
         undocumented = [k for k, v in props.items() if not v.get("description")]
-        expect(not undocumented, f"deployment {name}: every parameter has a description",
-               undocumented)
+        expect(
+            not undocumented, f"deployment {name}: every parameter has a description", undocumented
+        )
         untyped = [k for k, v in props.items() if not ({"type", "anyOf", "allOf", "$ref"} & set(v))]
         expect(not untyped, f"deployment {name}: every parameter has a type", untyped)
         for key in ("state_dir", "telemetry_dir"):
             if key in d["parameters"]:
-                expect(Path(d["parameters"][key]).is_absolute(),
-                       f"deployment {name}: {key} is absolute", d["parameters"][key])
+                expect(
+                    Path(d["parameters"][key]).is_absolute(),
+                    f"deployment {name}: {key} is absolute",
+                    d["parameters"][key],
+                )
     pools = {p["name"] for p in api.post("/work_pools/filter")}
     expect(WORK_POOL in pools, f"work pool {WORK_POOL} is listed", pools)
     return deps
@@ -252,8 +160,11 @@ def check_deployments(api: PrefectAPI) -> dict[str, dict[str, Any]]:
 
 def check_pull(api: PrefectAPI, deps: dict[str, dict[str, Any]]) -> None:
     fr = api.wait(api.run(deps["pull-telemetry"]["id"], {}), 180)
-    expect(fr["state_type"] == "COMPLETED", "pull-telemetry completes on an empty state",
-           f"{fr['state_type']}: {api.logs(fr['id'])[-2000:]}")
+    expect(
+        fr["state_type"] == "COMPLETED",
+        "pull-telemetry completes on an empty state",
+        f"{fr['state_type']}: {api.logs(fr['id'])[-2000:]}",
+    )
     # Logs reach the API in batches, possibly after the run's final state.
     wait_for("pull-telemetry's log line", lambda: "no telemetry yet" in api.logs(fr["id"]), 30)
     expect(True, "pull-telemetry logs that there is no telemetry yet")
@@ -262,17 +173,28 @@ def check_pull(api: PrefectAPI, deps: dict[str, dict[str, Any]]) -> None:
 def linked_evolution(api: PrefectAPI, ml: MlflowAPI, fr: dict[str, Any], how: str) -> str:
     """The evolve flow run ``fr`` and its MLflow run point at each other; the run id."""
     arts = api.artifacts(fr["id"])
-    expect({"mlflow-run", "evolution-summary"} <= set(arts),
-           f"{how} evolve run has the MLflow link and summary artifacts", sorted(arts))
+    expect(
+        {"mlflow-run", "evolution-summary"} <= set(arts),
+        f"{how} evolve run has the MLflow link and summary artifacts",
+        sorted(arts),
+    )
     tag = next((t for t in fr["tags"] if t.startswith("mlflow-run:")), "")
     run_id = tag.removeprefix("mlflow-run:")
-    expect(run_id and run_id in arts["mlflow-run"]["data"],
-           f"{how} evolve run is tagged with its MLflow run and links to it", fr["tags"])
+    expect(
+        run_id and run_id in arts["mlflow-run"]["data"],
+        f"{how} evolve run is tagged with its MLflow run and links to it",
+        fr["tags"],
+    )
     run = ml.run(run_id)
-    expect(run["tags"].get("prefect.flow_run_id") == fr["id"],
-           f"{how} evolution's MLflow run names its Prefect flow run", run["tags"])
-    expect(run["tags"].get("prefect.flow_run_url", "").endswith(f"/runs/flow-run/{fr['id']}"),
-           f"{how} evolution's MLflow run links to the flow run page")
+    expect(
+        run["tags"].get("prefect.flow_run_id") == fr["id"],
+        f"{how} evolution's MLflow run names its Prefect flow run",
+        run["tags"],
+    )
+    expect(
+        run["tags"].get("prefect.flow_run_url", "").endswith(f"/runs/flow-run/{fr['id']}"),
+        f"{how} evolution's MLflow run links to the flow run page",
+    )
     for key in ("mlflow.user", "mlflow.source.name", "mlflow.note.content"):
         expect(run["tags"].get(key), f"{how} evolution run has {key}")
     return run_id
@@ -284,21 +206,32 @@ def check_evolution_metrics(ml: MlflowAPI, run_id: str, exp_id: str) -> list[str
     for key in GENERATION_SERIES:
         hist = ml.history(run_id, key)
         steps = [s for s, _ in hist]
-        expect(steps == sorted(set(steps)) and steps[:1] == [0],
-               f"{key} is logged once per generation, steps 0..n", steps)
+        expect(
+            steps == sorted(set(steps)) and steps[:1] == [0],
+            f"{key} is logged once per generation, steps 0..n",
+            steps,
+        )
     best = [v for _, v in ml.history(run_id, "archive_best_objective")]
-    expect(all(a <= b for a, b in itertools.pairwise(best)),
-           "archive_best_objective never decreases", best)
+    expect(
+        all(a <= b for a, b in itertools.pairwise(best)),
+        "archive_best_objective never decreases",
+        best,
+    )
     children = ml.children(exp_id, run_id)
     expect(children, "the evolution has candidate runs")
     ids = []
     for c in children:
         metrics = {m["key"] for m in c["data"].get("metrics", [])}
         tags = {t["key"]: t["value"] for t in c["data"].get("tags", [])}
-        expect("tokens" not in metrics, f"candidate {tags.get('candidate_id')}: no LLM tokens "
-               "metric in an Optuna-only run", sorted(metrics))
-        expect(tags.get(key := "mlflow.note.content"), f"candidate {tags.get('candidate_id')} "
-               f"has a description ({key})")
+        expect(
+            "tokens" not in metrics,
+            f"candidate {tags.get('candidate_id')}: no LLM tokens metric in an Optuna-only run",
+            sorted(metrics),
+        )
+        expect(
+            tags.get(key := "mlflow.note.content"),
+            f"candidate {tags.get('candidate_id')} has a description ({key})",
+        )
         ids.append(c["info"]["run_id"])
     return ids
 
@@ -309,141 +242,63 @@ def check_registry(ml: MlflowAPI) -> list[dict[str, Any]]:
     from flows.evolution.tracking import MODEL_NAME
 
     versions = ml.get("/model-versions/search", filter=f"name='{MODEL_NAME}'")["model_versions"]
-    expect(len(versions) >= 2, "the registry holds the champion and a challenger",
-           [v["version"] for v in versions])
+    expect(
+        len(versions) >= 2,
+        "the registry holds the champion and a challenger",
+        [v["version"] for v in versions],
+    )
     for v in versions:
         expect(v.get("description"), f"version {v['version']} has a description")
-        expect(v["source"].startswith("models:/"), f"version {v['version']} is an MLflow model",
-               v["source"])
+        expect(
+            v["source"].startswith("models:/"),
+            f"version {v['version']} is an MLflow model",
+            v["source"],
+        )
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{v['version']}")
-        expect(model.metadata.signature is not None,
-               f"version {v['version']} loads as a pyfunc with a signature")
+        expect(
+            model.metadata.signature is not None,
+            f"version {v['version']} loads as a pyfunc with a signature",
+        )
         tags = {t["key"]: t["value"] for t in v.get("tags", [])}
         if "evolution_run" in tags:
-            expect(tags["evolution_run"] in v["description"], f"version {v['version']}'s "
-                   "description links its evolution run")
+            expect(
+                tags["evolution_run"] in v["description"],
+                f"version {v['version']}'s description links its evolution run",
+            )
     return versions
 
 
 def run_cli_evolve(env: dict[str, str]) -> None:
-    cmd = [str(BIN / "autopoiesis"), "evolve", "--scenarios", SCENARIO, "--scale", str(SCALE),
-           "--full-scenarios", "none", "--generations", "1", "--population", "2",
-           "--tune-trials", "2", "--islands", "1", "--run-dir", str(WORK / "cli-evolve"),
-           "--fresh"]
+    cmd = [
+        str(BIN / "autopoiesis"),
+        "evolve",
+        "--scenarios",
+        SCENARIO,
+        "--scale",
+        str(SCALE),
+        "--full-scenarios",
+        "none",
+        "--generations",
+        "1",
+        "--population",
+        "2",
+        "--tune-trials",
+        "2",
+        "--islands",
+        "1",
+        "--run-dir",
+        str(WORK / "cli-evolve"),
+        "--fresh",
+    ]
     with (WORK / "cli-evolve.log").open("wb") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            timeout=600).returncode
-    expect(rc == 0, "autopoiesis evolve (CLI) exits 0",
-           (WORK / "cli-evolve.log").read_text(errors="replace")[-3000:])
-
-
-# --------------------------------------------------------------------------- the browser
-def browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                "--window-size=1440,900", f"--user-data-dir={WORK / 'chromium'}"):
-        opts.add_argument(arg)
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    return webdriver.Chrome(options=opts, service=Service(driver_path))
-
-
-def page(driver: Any, url: str, texts: list[str], what: str, timeout_s: float = 60) -> str:
-    """Open ``url`` and wait until every one of ``texts`` is on the page; its text.
-
-    A page that never shows them is recorded (its text saved beside the check's logs)
-    and the browser checks go on, so one run names every page that is wrong.
-    """
-    driver.get(url)
-
-    def text() -> str:
-        return str(driver.execute_script("return document.body ? document.body.innerText : ''"))
-
-    try:
-        body = wait_for(what, lambda: (b if all(t in (b := text()) for t in texts) else None),
-                        timeout_s, 1.0)
-    except CheckFailed:
-        body = text()
-        name = "".join(c if c.isalnum() else "-" for c in what.lower())
-        (WORK / f"page-{name}.txt").write_text(f"{url}\n\n{body}")
-        missing = [t for t in texts if t not in body]
-        PAGE_FAILURES.append(f"{what}: {url} never showed {missing} (page-{name}.txt)")
-        say(f"FAIL {what}: missing {missing}")
-        return body
-    expect(True, what)
-    time.sleep(1.5)  # charts and fonts finish drawing
-    return body
-
-
-PAGE_FAILURES: list[str] = []
-
-
-def shoot(driver: Any, shots: Path | None, name: str) -> None:
-    if shots is None:
-        return
-    from PIL import Image
-
-    shots.mkdir(parents=True, exist_ok=True)
-    # MLflow 3.17 opens its assistant panel over a third of the page: close it first.
-    driver.execute_script("""
-        for (const b of document.querySelectorAll('button[aria-label]')) {
-          const r = b.getBoundingClientRect();
-          if (/close/i.test(b.getAttribute('aria-label')) && r.left > window.innerWidth * 0.8
-              && r.top < 80) { b.click(); }
-        }""")
-    time.sleep(1.0)
-    raw = WORK / f"{name}.raw.png"
-    driver.save_screenshot(str(raw))
-    # A 256-colour palette keeps a UI screenshot legible at a fraction of the size.
-    Image.open(raw).convert("RGB").quantize(256).save(shots / f"{name}.png", optimize=True)
-    say(f"screenshot {shots / f'{name}.png'}")
-
-
-def check_browser(urls: dict[str, str], evolve_dep: dict[str, Any], evolve_fr: dict[str, Any],
-                  exp_id: str, evo_run: str, candidates: list[str], version: str,
-                  shots: Path | None) -> None:
-    from flows.deploy import SPECS, WORK_POOL
-    from flows.evolution.tracking import MODEL_NAME
-
-    driver = browser()
-    try:
-        p, m = urls["prefect"], urls["mlflow"]
-        dep = f"{p}/deployments/deployment/{evolve_dep['id']}"
-        page(driver, dep, ["gpu", WORK_POOL, "control-plane"], "Prefect deployment page")
-        page(driver, f"{dep}?tab=Description", [SPECS["evolve"].description],
-             "Prefect deployment description")
-        page(driver, f"{dep}/run", ["Generations after the seed policies.",
-                                    "Sandbox of the evaluations"],
-             "Prefect custom run form documents each parameter")
-        shoot(driver, shots, "prefect-deployment")
-        page(driver, f"{p}/runs/flow-run/{evolve_fr['id']}", [evolve_fr["name"], "Completed"],
-             "Prefect evolve flow-run page")
-        page(driver, f"{p}/artifacts", ["evolution-summary", "promotion-decision", "mlflow-run"],
-             "Prefect artifacts page lists the runs' summaries and links")
-        page(driver, f"{p}/work-pools", [WORK_POOL], "Prefect work pools page")
-        # MLflow 3.17's UI opens experiments on its GenAI overview unless told otherwise
-        # (the experiment kind tag counts only where its workflow switch is off).
-        page(driver, f"{m}/#/experiments/{exp_id}?{ML_VIEW}", ["cli-evolve", "Run Name"],
-             "MLflow experiment opens on its runs")
-        shoot(driver, shots, "mlflow-runs")
-        ids = json.dumps(candidates[:6]).replace(" ", "")
-        page(driver, f"{m}/#/compare-runs?runs={ids}&experiments=[\"{exp_id}\"]&{ML_VIEW}",
-             ["objective", "Parallel Coordinates Plot"], "MLflow compare view", 90)
-        shoot(driver, shots, "mlflow-compare")
-        page(driver, f"{m}/#/models/{MODEL_NAME}/versions/{version}",
-             ["evolution run", "candidate run", "Schema"], "MLflow model version page")
-        shoot(driver, shots, "mlflow-model-version")
-        page(driver, f"{m}/#/experiments/{exp_id}/runs/{evo_run}", ["prefect.flow_run_url"],
-             "MLflow evolution run page shows the Prefect link")
-    finally:
-        driver.quit()
-    if PAGE_FAILURES:
-        raise CheckFailed("pages not as expected:\n  " + "\n  ".join(PAGE_FAILURES))
+        rc = subprocess.run(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600
+        ).returncode
+    expect(
+        rc == 0,
+        "autopoiesis evolve (CLI) exits 0",
+        (WORK / "cli-evolve.log").read_text(errors="replace")[-3000:],
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -457,57 +312,103 @@ def main() -> int:
     WORK.mkdir(parents=True)
     pp, mp = free_port(), free_port()
     urls = {"prefect": f"http://127.0.0.1:{pp}", "mlflow": f"http://127.0.0.1:{mp}"}
-    env = dict(os.environ, PREFECT_HOME=str(WORK / "prefect"),
-               PREFECT_API_URL=f"{urls['prefect']}/api", PREFECT_UI_URL=urls["prefect"],
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true",
-               MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_TRACKING_URI=urls["mlflow"],
-               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
-               AUTOPOIESIS_SHARED=os.environ.get("AUTOPOIESIS_SHARED",
-                                                 str(ROOT.parent / "shared")))
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(WORK / "prefect"),
+        PREFECT_API_URL=f"{urls['prefect']}/api",
+        PREFECT_UI_URL=urls["prefect"],
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="true",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        MLFLOW_TRACKING_URI=urls["mlflow"],
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        AUTOPOIESIS_SHARED=os.environ.get("AUTOPOIESIS_SHARED", str(ROOT.parent / "shared")),
+    )
     if not Path(env["AUTOPOIESIS_SHARED"], "traces").is_dir():
         say(f"shared data not found at {env['AUTOPOIESIS_SHARED']} (set AUTOPOIESIS_SHARED)")
         return 1
     os.environ.update(env)
-    svc = Services(env)
+    svc = Services(env, WORK, ROOT)
     try:
         start_services(svc, pp, mp)
         say(f"champion v{seed_champion()} registered")
-        svc.start("deploy", [str(BIN / "autopoiesis"), "deploy", "--telemetry-dir",
-                             str(WORK / "telemetry"), "--state-dir", str(WORK / "state")])
+        svc.start(
+            "deploy",
+            [
+                str(BIN / "autopoiesis"),
+                "deploy",
+                "--telemetry-dir",
+                str(WORK / "telemetry"),
+                "--state-dir",
+                str(WORK / "state"),
+            ],
+        )
         api, ml = PrefectAPI(f"{urls['prefect']}/api"), MlflowAPI(urls["mlflow"])
         deps = check_deployments(api)
         check_pull(api, deps)
-        params = {"scenarios": [SCENARIO], "generations": 1, "population": 2, "tune_trials": 2,
-                  "scale": SCALE, "seeds_policies": ["least_kv", "llmd_weighted"],
-                  "promote_params": {"scale": SCALE, "dwell_s": 0.0}}
+        params = {
+            "scenarios": [SCENARIO],
+            "generations": 1,
+            "population": 2,
+            "tune_trials": 2,
+            "scale": SCALE,
+            "seeds_policies": ["least_kv", "llmd_weighted"],
+            "promote_params": {"scale": SCALE, "dwell_s": 0.0},
+        }
         evo = api.wait(api.run(deps["evolve"]["id"], params), 600)
         svc.alive("deploy")
-        expect(evo["state_type"] == "COMPLETED", "the evolve deployment run completes",
-               f"{evo['state_type']}: {api.logs(evo['id'])[-3000:]}")
+        expect(
+            evo["state_type"] == "COMPLETED",
+            "the evolve deployment run completes",
+            f"{evo['state_type']}: {api.logs(evo['id'])[-3000:]}",
+        )
         evo = api.get(f"/flow_runs/{evo['id']}")
         evo_run = linked_evolution(api, ml, evo, "deployment")
-        promote = wait_for("the promote run evolve chained", lambda: [
-            r for r in api.flow_runs("promote") if r["state_type"] in TERMINAL], 300, 2.0)[0]
-        expect(promote["state_type"] == "COMPLETED", "the chained promote run completes",
-               api.logs(promote["id"])[-3000:])
-        expect("promotion-decision" in api.artifacts(promote["id"]) or
-               "no champion yet" in api.logs(promote["id"]),
-               "promote records its decision as an artifact")
-        wait_for("promote's decision in its log", lambda: any(
-            w in api.logs(promote["id"]) for w in ("PROMOTED", "not promoted")), 30)
+        promote = wait_for(
+            "the promote run evolve chained",
+            lambda: [r for r in api.flow_runs("promote") if r["state_type"] in TERMINAL],
+            300,
+            2.0,
+        )[0]
+        expect(
+            promote["state_type"] == "COMPLETED",
+            "the chained promote run completes",
+            api.logs(promote["id"])[-3000:],
+        )
+        expect(
+            "promotion-decision" in api.artifacts(promote["id"])
+            or "no champion yet" in api.logs(promote["id"]),
+            "promote records its decision as an artifact",
+        )
+        wait_for(
+            "promote's decision in its log",
+            lambda: any(w in api.logs(promote["id"]) for w in ("PROMOTED", "not promoted")),
+            30,
+        )
         expect(True, "promote logs its decision")
         run_cli_evolve(env)
         cli = [r for r in api.flow_runs("evolve") if r["name"] == "cli-evolve"]
         expect(cli, "the CLI's evolve appears in Prefect as a flow run of flow evolve")
         linked_evolution(api, ml, cli[0], "CLI")
         exp = ml.experiment("autopoiesis-evolution")
-        expect(exp["tags"].get("mlflow.experimentKind") == "custom_model_development",
-               "the evolution experiment opens on its runs (kind: model development)")
+        expect(
+            exp["tags"].get("mlflow.experimentKind") == "custom_model_development",
+            "the evolution experiment opens on its runs (kind: model development)",
+        )
         candidates = check_evolution_metrics(ml, evo_run, exp["experiment_id"])
         versions = check_registry(ml)
         if not args.no_browser:
-            check_browser(urls, deps["evolve"], evo, exp["experiment_id"], evo_run, candidates,
-                          max(versions, key=lambda v: int(v["version"]))["version"], args.shots)
+            check_browser(
+                urls,
+                deps["evolve"],
+                evo,
+                exp["experiment_id"],
+                evo_run,
+                candidates,
+                max(versions, key=lambda v: int(v["version"]))["version"],
+                WORK,
+                args.shots,
+            )
     except CheckFailed as e:
         say(f"FAILED {e}")
         return 1
