@@ -24,6 +24,9 @@ def quiet_defaults() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_HOME", str(Path(".prefect").resolve()))
+    # Prefect's temporary local API migrates its database on first start: on a busy
+    # 2-core machine that outlasts Prefect's default 20 s wait.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def pull(
@@ -129,19 +132,27 @@ def deploy(
     ),
     pull_every_s: Annotated[int, typer.Option(help="Pull schedule.")] = 300,
     nightly_cron: Annotated[str, typer.Option(help="Evolve schedule.")] = "0 3 * * *",
-    apply_only: Annotated[bool, typer.Option(help="Register and exit; don't serve.")] = False,
+    work_pool: Annotated[str, typer.Option(help="Process work pool (created if missing).")] = (
+        "autopoiesis-local"
+    ),
+    apply_only: Annotated[
+        bool, typer.Option(help="Register and exit; `prefect worker start --pool P` runs them.")
+    ] = False,
 ) -> None:
-    """Serve pull-telemetry, evolve and promote as scheduled Prefect deployments."""
+    """Register pull-telemetry, evolve and promote on a work pool and run its worker."""
     quiet_defaults()
     from flows import deploy as d
 
     deps = d.deployments(telemetry_dir, state_dir, pull_every_s, nightly_cron)
     if apply_only:
-        ids = d.apply(deps)
-        console.print(f"registered {', '.join(d.DEPLOYMENTS)} ({len(ids)} deployments)")
+        ids = d.apply(deps, work_pool)
+        console.print(f"registered {', '.join(d.DEPLOYMENTS)} on work pool {work_pool} "
+                      f"({len(ids)} deployments); run them with: prefect worker start "
+                      f"--pool {work_pool}", highlight=False)
         return
-    console.print(f"serving {', '.join(d.DEPLOYMENTS)}; Ctrl-C stops")
-    d.serve(deps)
+    console.print(f"serving {', '.join(d.DEPLOYMENTS)} from work pool {work_pool}; "
+                  "Ctrl-C stops", highlight=False)
+    d.serve(deps, work_pool)
 
 
 def register(app: typer.Typer) -> None:

@@ -176,26 +176,27 @@ def evolve(
     except EvolutionError as e:
         _fail(str(e))
     console.print(f"run dir: {run_dir}{' (resuming)' if evo.resumed else ''}")
-    runner = None
-    if task_runner == "dask":
-        from flows.fanout import TaskCascade, run_on
-        from flows.fanout import task_runner as make_runner
+    from flows.cli_control import quiet_defaults
+    from flows.fanout import TaskCascade, close_evaluators, run_on
+    from flows.fanout import task_runner as make_runner
 
-        # Each evaluation a Prefect task on the Dask cluster (the flow runs on Prefect's
-        # local API unless PREFECT_API_URL names a server).
-        runner = make_runner("dask", dask_address=dask_address, dask_workers=dask_workers)
-        evo.cascade = TaskCascade(cfg, evo.journal)
+    # The run is a Prefect flow run (flow ``evolve``, named after the run directory) and
+    # each evaluation a task on the thread pool or the Dask cluster: the Prefect UI lists
+    # it beside the deployment's runs, linked to its MLflow run. Prefect's local API is
+    # used unless PREFECT_API_URL names a server; its database is the one `prefect server
+    # start` shows (PREFECT_HOME).
+    quiet_defaults()
+    runner = make_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers,
+                         threads=parallel)
+    evo.cascade = TaskCascade(cfg, evo.journal)
     try:
         with progress:
-            summary = evo.run() if runner is None else run_on(runner, evo.run)
+            summary = run_on(runner, evo.run, flow_name="evolve", run_name=run_dir.name)
     except (EvolutionError, SandboxUnavailable) as e:
         _fail(str(e))
     finally:
         evo.close()
-        if runner is not None:
-            from flows.fanout import close_evaluators
-
-            close_evaluators()
+        close_evaluators()
     table = Table(title="Evolution")
     table.add_column("figure")
     table.add_column("value", justify="right")

@@ -34,7 +34,7 @@ from prefect.tasks import exponential_backoff
 from flows.evolution.cascade import Cascade, Outcome
 from flows.evolution.config import Suite
 from sandbox.evaluator import Evaluator
-from sandbox.protocol import EvalRequest, EvalResponse, Limits
+from sandbox.protocol import EvalRequest, EvalResponse
 
 
 class InfrastructureError(RuntimeError):
@@ -143,26 +143,31 @@ def _fanout_flow(call: str) -> Any:
     return sys.modules[__name__].__dict__["_CALLS"][call]()
 
 
-def run_on(runner: Any, fn: Callable[[], Any]) -> Any:
-    """``fn()`` inside a subflow whose task runner is ``runner`` (its ``.map`` lands there)."""
+def run_on(runner: Any, fn: Callable[[], Any], *, flow_name: str | None = None,
+           run_name: str | None = None) -> Any:
+    """``fn()`` inside a (sub)flow whose task runner is ``runner`` (its ``.map`` lands there).
+
+    ``flow_name``/``run_name``: what the Prefect UI lists it as (``autopoiesis evolve``
+    runs as flow ``evolve``, named after its run directory, beside the deployment's runs).
+    """
     key = f"{id(fn):x}-{threading.get_ident():x}"
     _CALLS[key] = fn
+    options: dict[str, Any] = {"task_runner": runner}
+    if flow_name:
+        options["name"] = flow_name
+    if run_name:
+        options["flow_run_name"] = run_name
     try:
-        return _fanout_flow.with_options(task_runner=runner)(key)
+        return _fanout_flow.with_options(**options)(key)
     finally:
         _CALLS.pop(key, None)
 
 
 class TaskCascade(Cascade):
-    def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
-        limits = Limits(wall_s=self.cfg.eval_wall_s, memory_mb=self.cfg.eval_memory_mb)
-        reqs = [
-            EvalRequest.build(
-                src, suite.scenarios, seeds=suite.seeds, scale=suite.scale, limits=limits,
-                name="candidate", windows_dir=suite.windows_dir,
-            )
-            for src in sources
-        ]
+    def evaluate_many(
+        self, sources: Sequence[str], suite: Suite, names: Sequence[str] | None = None
+    ) -> list[Outcome]:
+        reqs = self._requests(sources, suite, names)
         out: list[Outcome | None] = [None] * len(reqs)
         todo: list[tuple[int, EvalRequest]] = []
         for i, req in enumerate(reqs):
@@ -176,7 +181,9 @@ class TaskCascade(Cascade):
                 [r.to_dict() for _, r in todo],
                 backend=unmapped(self.cfg.backend),
                 parallel=unmapped(self.cfg.parallel),
-                name=[r.source_sha256[:10] for _, r in todo],
+                # Task runs named after the candidate (``g001-s000``, its tuning trials
+                # ``g001-s000-trial2``), not the source hash: what the Prefect UI lists.
+                name=[r.name for _, r in todo],
             )
             for (i, req), fut in zip(todo, futures, strict=True):
                 try:

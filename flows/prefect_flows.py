@@ -26,12 +26,14 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import links
 from flows.drift import DriftConfig, WindowSample, detect
 from flows.live import AdminClient, WatchConfig, watch
 from flows.promotion import PromotionConfig, compare
@@ -106,14 +108,18 @@ def _scenarios(state_dir: str, scenarios: list[str] | None, windows_dir: str,
 
 
 def _log_run(tracking_uri: str | None, name: str, kind: str, metrics: dict[str, float],
-             params: dict[str, str], texts: dict[str, str], figure: Any = None) -> str:
+             params: dict[str, str], texts: dict[str, str], figure: Any = None,
+             description: str = "") -> str:
+    """One MLflow run of the control experiment, linked both ways to this flow run."""
     import math
 
     from mlflow.entities import Metric, Param
 
     reg = PolicyRegistry(tracking_uri)
     c = reg.client
-    run = c.create_run(reg.experiment_id(), run_name=name, tags={"kind": kind})
+    exp = reg.experiment_id()
+    run = c.create_run(exp, run_name=name, tags={
+        "kind": kind, **links.run_tags(links.default_source(), description)})
     rid = run.info.run_id
     now = int(time.time() * 1000)
     ms = [Metric(k, float(v), now, 0) for k, v in metrics.items()
@@ -125,7 +131,14 @@ def _log_run(tracking_uri: str | None, name: str, kind: str, metrics: dict[str, 
     if figure is not None:
         c.log_figure(rid, figure, "window.png")
     c.set_terminated(rid, "FINISHED")
+    links.link_flow_run(reg.uri, exp, rid, f"{kind} run")
     return rid
+
+
+def _run_name(kind: str) -> Callable[[], str]:
+    """Flow run names that say what and when (``evolve-20250101-030000``), not Prefect's
+    random adjective-animal; the evolution's MLflow run takes the same name."""
+    return lambda: f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _window_plot(ref: WindowSample | None, cur: WindowSample) -> Any:
@@ -161,7 +174,7 @@ def _chain(chain: str, deployment: str, fn: Any, params: dict[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- pull
-@flow(name="pull-telemetry", log_prints=True)
+@flow(name="pull-telemetry", log_prints=True, flow_run_name=_run_name("pull"))
 def pull_telemetry(
     telemetry_dir: str,
     state_dir: str = str(DEFAULT_STATE),
@@ -176,23 +189,44 @@ def pull_telemetry(
 ) -> dict[str, Any]:
     """Read telemetry past the watermark, test for drift / SLO regression, maybe evolve.
 
-    ``cluster``: the live fleet (``MODEL@COUNTxGPU[/tpK],...``) the window's
-    scenarios replay on; default one H100 per replica seen in the window.
+    No telemetry yet (a fresh install, a router that has not served) is a normal
+    state: the run logs it and completes.
+
+    Args:
+        telemetry_dir: The router's telemetry folder (Parquet segments), absolute.
+        state_dir: Watermark, reference window, events and window files (absolute).
+        tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else the local sqlite.
+        chain: How a drift starts evolve: "deployment" (run the evolve deployment),
+            "inline" (call it in this run) or "none".
+        settle_s: Only arrivals this much older than the newest row are consumed (rows
+            are written when requests finish).
+        alpha: Significance level of the drift tests (Bonferroni-corrected).
+        min_requests: Fewest new requests a window needs to be tested.
+        evolve_params: Extra parameters for the evolve run a drift starts.
+        cluster: The live fleet the window replays on, MODEL@COUNTxGPU[/tpK],...;
+            empty: one H100 per replica seen in the window.
+        windows_dir: Where window files are saved; empty: <state_dir>/windows.
     """
     from sandbox.windows import save_window
 
     log = get_run_logger()
     state = Path(state_dir)
+    if not Path(telemetry_dir).exists():
+        log.info("no telemetry yet at %s (the router writes it once it serves): nothing "
+                 "to pull", telemetry_dir)
+        return {"requests": 0, "trigger": False, "reason": "no telemetry yet"}
     mark = _read(state / "watermark.json", {"arrival_unix_s": None})
     since = mark["arrival_unix_s"]
     frame = read_telemetry(telemetry_dir, since_unix_s=since)
     if since is not None:
         frame = frame[frame.arrival_unix_s > since]
     if frame.empty:
-        return {"requests": 0, "trigger": False}
+        log.info("no new requests in %s since the watermark (%s)", telemetry_dir, since)
+        return {"requests": 0, "trigger": False, "reason": "no new requests"}
     cutoff = float(frame.arrival_unix_s.max()) - settle_s
     frame = frame[frame.arrival_unix_s <= cutoff]
     if len(frame) < min_requests:
+        log.info("%d new requests, fewer than %d: waiting for more", len(frame), min_requests)
         return {"requests": len(frame), "trigger": False, "reason": "too few new requests"}
     _write(state / "watermark.json", {"arrival_unix_s": float(frame.arrival_unix_s.max())})
     window = build_window(frame)
@@ -233,6 +267,8 @@ def pull_telemetry(
         {"scenarios": ",".join(scen), "telemetry_dir": telemetry_dir,
          "window_sha256": str(sha), "fleet": fleet},
         {"window.json": json.dumps(out, indent=1, default=str)}, _window_plot(ref, cur),
+        description=f"Telemetry window of {window.requests} requests; "
+        + "; ".join(out.get("reasons") or [out.get("reason", "no drift")]),
     )
     log.info("window: %d requests, %.2f req/s; %s", window.requests, window.rate,
              "; ".join(out.get("reasons") or [out.get("reason", "no drift")]))
@@ -260,7 +296,7 @@ def _confirm_stage(settings: dict[str, Any]) -> Any:
     return ConfirmStage(**{k: tuple(v) if k == "gpu_ids" else v for k, v in settings.items()})
 
 
-@flow(name="evolve", log_prints=True)
+@flow(name="evolve", log_prints=True, flow_run_name=_run_name("evolve"))
 def evolve(
     scenarios: list[str] | None = None,
     state_dir: str = str(DEFAULT_STATE),
@@ -294,6 +330,37 @@ def evolve(
     ``dask_workers`` workers), see ``flows.fanout``. ``confirm``: the replay stage's
     settings (``flows.evolution.config.ConfirmStage`` fields, e.g. ``{"top_k": 2,
     "target": "http://127.0.0.1:8001"}`` on a GPU runner); off by default.
+
+    The search defaults (2 generations of 2, 4 Optuna trials, scale 0.05, no full
+    suite) are sized for what triggers this flow: a drift or the nightly schedule,
+    on the control plane's node, done in minutes. ``autopoiesis evolve`` defaults to a
+    deliberate search (4 x 4, 12 trials, scale 0.2, then the full suite).
+
+    Args:
+        scenarios: Quick-suite scenario names; empty: the reference window's.
+        state_dir: Reference window, events, run journals (absolute path).
+        tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else the local sqlite.
+        chain: How a registered challenger reaches promote: "deployment" (run the
+            promote deployment), "inline" (call it in this run) or "none".
+        generations: Generations after the seed policies.
+        population: Candidates per generation.
+        tune_trials: Optuna trials per tuned candidate (each one sandbox evaluation).
+        scale: Scenario size in (0, 1]; smaller is faster and noisier.
+        llm_base_url: OpenAI-compatible endpoint that proposes code; empty: Optuna only.
+        llm_model: Model name(s) at that endpoint, NAME[=weight],...
+        backend: Sandbox of the evaluations: process (bubblewrap), docker or auto.
+        parallel: Sandboxes at once.
+        seed: Seed of every random choice (a rerun with the same seed is the same run).
+        seeds_policies: Baseline policies of generation 0; empty: the engine's list.
+        promote_params: Extra parameters for the promote run this one starts.
+        fallback_scenarios: Catalogue scenarios used when window files are missing.
+        windows_dir: Folder of window files; empty: <state_dir>/windows.
+        task_runner: Where evaluations run: threads (this flow's pool) or dask.
+        dask_address: Dask scheduler (tcp://host:8786); empty: a local cluster.
+        dask_workers: Workers of that local Dask cluster.
+        holdout_scenarios: Scenarios promote judges on (the held-back newest part of
+            the window); empty: the same as scenarios.
+        confirm: Replay-stage settings (ConfirmStage fields); empty: off.
     """
     from flows.evolution.config import EvolutionConfig, LLMConfig, Suite
     from flows.evolution.engine import Evolution
@@ -327,7 +394,9 @@ def evolve(
     if reg.version_of(CHAMPION) is not None:
         p = reg.fetch(CHAMPION)
         champ = (p.name, p.source)
-    run_dir = Path(tempfile.mkdtemp(prefix="evolve-", dir=_ensure(Path(state_dir) / "runs")))
+    # Named after the flow run, so the evolution's MLflow run reads like it.
+    run_name = (links.current_flow_run() or {}).get("name", "evolve")
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{run_name}-", dir=_ensure(Path(state_dir) / "runs")))
     evo = Evolution(cfg, run_dir, tracker=Tracker(tracking_uri), champion=champ)
     evo.cascade = TaskCascade(cfg, evo.journal)  # fan out as Prefect tasks
     try:
@@ -335,8 +404,11 @@ def evolve(
     finally:
         evo.close()
         close_evaluators()
-    log.info("evolution: seed %.4f -> best %.4f, registered %s", summary["seed_objective"],
-             summary["best_objective"], summary["registered_version"])
+    log.info("evolution: seed %s %.4f -> best %s %.4f; %s", summary["seed_policy"],
+             summary["seed_objective"], summary["best_candidate"], summary["best_objective"],
+             f"registered version {summary['registered_version']} as challenger"
+             if summary["registered_version"] is not None
+             else "nothing registered: no candidate qualified as challenger")
     record_event(state_dir, "evolved", version=summary["registered_version"],
                  best=summary["best_objective"], seed=summary["seed_objective"],
                  scenarios=scenarios)
@@ -376,7 +448,7 @@ def _compare_task(champion_source: str, challenger_source: str,
     return compare(champion_source, challenger_source, cfg).to_dict()
 
 
-@flow(name="promote", log_prints=True)
+@flow(name="promote", log_prints=True, flow_run_name="promote-{challenger}")
 def promote(
     challenger: str = CHALLENGER,
     state_dir: str = str(DEFAULT_STATE),
@@ -397,10 +469,24 @@ def promote(
 ) -> dict[str, Any]:
     """Challenger vs champion, paired and held back; promote, swap live, watch, roll back.
 
-    ``backend``: the sandbox the paired re-runs use (``process``, ``docker`` or ``auto``).
-
-    ``admin_token``: default ``AUTOPOIESIS_ADMIN_TOKEN`` or the file named by
-    ``AUTOPOIESIS_ADMIN_TOKEN_FILE`` (``flows.live.admin_token_from_env``).
+    Args:
+        challenger: Registry version or alias to judge.
+        state_dir: Reference window and events (absolute path).
+        tracking_uri: MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else the local sqlite.
+        scenarios: Held-back scenarios; empty: the reference window's.
+        seeds: Held-back seeds; empty: seeds evolution never used.
+        scale: Scenario size in (0, 1]: the evolve flow's default, so both judge alike.
+        margin: The challenger's 95 % lower bound of the mean paired gain must clear this.
+        tolerance: Largest loss allowed on any one scenario.
+        admin_url: The router's admin API; empty: decide and move the alias only.
+        admin_token: Bearer token; empty: AUTOPOIESIS_ADMIN_TOKEN or the file named by
+            AUTOPOIESIS_ADMIN_TOKEN_FILE (never pass it as a deployment parameter).
+        telemetry_dir: Live telemetry watched during the dwell period after a swap.
+        dwell_s: Seconds of live watching after a swap; 0: no watch.
+        rollback_tolerance: SLO-attainment drop that rolls the swap back.
+        min_live_requests: Fewest live requests the watch needs to judge.
+        windows_dir: Folder of window files; empty: <state_dir>/windows.
+        backend: Sandbox of the paired re-runs: process, docker or auto.
     """
     from flows.live import admin_token_from_env
     from flows.promotion import HELD_BACK_SEEDS
@@ -413,6 +499,8 @@ def promote(
     if champ_version is None:
         # Nothing to beat: the first registered policy becomes the champion as it is.
         reg.set_alias(CHAMPION, chal.version)
+        log.info("no champion yet: version %s (%s) becomes the champion as it is",
+                 chal.version, chal.name)
         return {"promoted": True, "version": chal.version, "reasons": ["no champion yet"]}
     champ = reg.fetch(CHAMPION)
     wdir = windows_dir_of(state_dir, windows_dir)
@@ -431,7 +519,11 @@ def promote(
     params = {"champion_version": champ.version, "challenger_version": chal.version,
               "scenarios": ",".join(scenarios), "seeds": ",".join(map(str, cfg.seeds)),
               "margin": str(margin), "tolerance": str(tolerance)}
-    log.info("promotion decision: %s", "; ".join(dec["reasons"]))
+    log.info("challenger v%s (%s) vs champion v%s (%s) on %s, seeds %s: mean paired gain "
+             "%+.4f, 95%% interval [%+.4f, %+.4f]; %s: %s", chal.version, chal.name,
+             champ.version, champ.name, ", ".join(scenarios), list(cfg.seeds),
+             dec["mean_diff"], dec["ci_low"], dec["ci_high"],
+             "PROMOTED" if dec["promote"] else "not promoted", "; ".join(dec["reasons"]))
     if dec["promote"]:
         reg.set_alias(CHAMPION, chal.version)
         reg.tag(chal.version, "promoted_from", champ.version)
@@ -454,7 +546,21 @@ def promote(
                 metrics["rolled_back"] = float(w["rolled_back"])
     else:
         record_event(state_dir, "not_promoted", version=chal.version, reasons=dec["reasons"])
+    verdict = (f"v{chal.version} promoted over v{champ.version}" if dec["promote"]
+               else f"v{chal.version} not promoted (v{champ.version} stays champion)")
+    if out["rolled_back"]:
+        verdict += ", then rolled back on a live regression"
     out["mlflow_run_id"] = _log_run(tracking_uri, f"promote-v{chal.version}", "promotion",
                                     metrics, params,
-                                    {"decision.json": json.dumps(out, indent=1, default=str)})
+                                    {"decision.json": json.dumps(out, indent=1, default=str)},
+                                    description=f"{verdict}: {'; '.join(dec['reasons'])}")
+    links.markdown_artifact("promotion-decision", "\n".join([
+        f"## {verdict}", "", links.markdown_table([
+            ("champion", f"v{champ.version} ({champ.name})"),
+            ("challenger", f"v{chal.version} ({chal.name})"),
+            ("mean paired gain", dec["mean_diff"]),
+            ("95 % interval", f"[{dec['ci_low']:+.4f}, {dec['ci_high']:+.4f}]"),
+            *((f"gain on {k}", v) for k, v in dec["by_scenario"].items()),
+            ("reasons", "; ".join(dec["reasons"])),
+        ])]), "The promotion decision: paired held-back comparison of challenger and champion.")
     return out

@@ -1,8 +1,9 @@
 """The MLflow model registry as the control plane uses it: versions, aliases, hash-checked sources.
 
-Every version of ``autopoiesis-policy`` is one policy module, stored as the
-artifact ``policy/policy.py`` of the run that produced it, with its sha256 in
-the version tag ``source_sha256``. Aliases: ``challenger`` (set by evolution),
+Every version of ``autopoiesis-policy`` is one policy module, an MLflow pyfunc
+model logged on the run that produced it (``flows.policy_model``: the source is
+its artifact ``data/policy.py``; loading it never runs the policy), with its
+sha256 in the version tag ``source_sha256``. Aliases: ``challenger`` (set by evolution),
 ``champion`` (set by promotion; what the router should run). ``fetch`` refuses a
 version whose stored source does not hash to its tag: what the router loads is
 exactly what was evaluated.
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from flows.evolution.tracking import MODEL_NAME, default_tracking_uri
+from flows import links, policy_model
+from flows.evolution.tracking import (
+    MODEL_DESCRIPTION,
+    MODEL_NAME,
+    default_tracking_uri,
+    ensure_experiment,
+)
 from sandbox.protocol import sha256_text
 from serving.admin import RegistryPolicy
 
@@ -41,25 +46,9 @@ class PolicyRegistry:
 
     # --- experiments / runs ------------------------------------------------------
     def experiment_id(self, name: str = CONTROL_EXPERIMENT) -> str:
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return str(exp.experiment_id)
-        artifacts = None
-        if self.uri.startswith("sqlite:///"):  # beside the database, as the tracker does
-            artifacts = (Path(self.uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
-        return str(self.client.create_experiment(name, artifact_location=artifacts))
+        return ensure_experiment(self.client, self.uri, name)
 
     # --- versions ----------------------------------------------------------------
-    def ensure_model(self) -> None:
-        from mlflow.exceptions import MlflowException
-
-        with contextlib.suppress(MlflowException):  # exists after the first call
-            self.client.create_registered_model(
-                self.model,
-                description="Evolved serving policies, one Python module each; "
-                "aliases: challenger, champion.",
-            )
-
     def register_source(
         self,
         source: str,
@@ -69,20 +58,22 @@ class PolicyRegistry:
         tags: dict[str, str] | None = None,
     ) -> str:
         """A new version holding ``source`` (e.g. a baseline made the first champion)."""
+        exp = self.experiment_id()
+        note = f"Policy {name} registered as it is (not evolved)."
         run = self.client.create_run(
-            self.experiment_id(), run_name=f"register-{name}", tags={"kind": "registration"}
+            exp, run_name=f"register-{name}",
+            tags={"kind": "registration", **links.run_tags(links.default_source(), note)},
         )
         rid = run.info.run_id
         self.client.log_text(rid, source, "policy/policy.py")
-        self.client.set_terminated(rid, "FINISHED")
-        self.ensure_model()
         all_tags = {"source_sha256": sha256_text(source), "policy_name": name, **(tags or {})}
-        mv = self.client.create_model_version(
-            self.model, f"{run.info.artifact_uri}/policy", run_id=rid, tags=all_tags
+        version = policy_model.register_version(
+            self.client, exp, rid, source, name, tags=all_tags, alias=alias,
+            description=f"{note}\n\n[registration run]({links.mlflow_run_path(exp, rid)})",
+            model=self.model, model_description=MODEL_DESCRIPTION,
         )
-        if alias:
-            self.set_alias(alias, str(mv.version))
-        return str(mv.version)
+        self.client.set_terminated(rid, "FINISHED")
+        return version
 
     def version_of(self, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -132,11 +123,10 @@ class PolicyRegistry:
                 mv = self.client.get_model_version_by_alias(self.model, version_or_alias)
         except MlflowException as e:
             raise RegistryError(f"{self.model} {version_or_alias}: not found") from e
-        if not mv.run_id:
-            raise RegistryError(f"{self.model} v{mv.version} has no run holding its source")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(mv.run_id, "policy/policy.py", tmp)
-            source = Path(path).read_text("utf-8")
+        try:
+            source = policy_model.read_source(mv.source)
+        except (policy_model.PolicyModelError, MlflowException, OSError) as e:
+            raise RegistryError(f"{self.model} v{mv.version}: source unreadable ({e})") from e
         want = (mv.tags or {}).get("source_sha256", "")
         got = sha256_text(source)
         if got != want:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from evolution_support import config
+from prefect_support import offline_prefect
 from sandbox_support import process_backend
 
 from flows.evolution.archive import Archive, Candidate
@@ -103,14 +104,32 @@ def test_a_confirmation_lands_on_the_candidates_run(tmp_path, tracker):
 def test_evolve_command_writes_the_summary_json(tmp_path, monkeypatch):
     import json
 
-    from typer.testing import CliRunner
-
     from flows.cli import app
 
     process_backend().close()
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     out = tmp_path / "evo.json"
-    result = CliRunner().invoke(
+    with offline_prefect(tmp_path / "prefect"):  # the CLI's evolve runs as a Prefect flow
+        result = _invoke_evolve(app, tmp_path, out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    for key in (
+        "seed_objective",
+        "best_objective",
+        "improvement",
+        "candidates",
+        "evaluations_per_hour",
+        "llm_tokens",
+        "registered_version",
+    ):
+        assert key in summary
+    assert summary["llm_tokens"] == 0 and summary["evaluations_per_hour"] > 0
+
+
+def _invoke_evolve(app, tmp_path, out):
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(
         app,
         [
             "evolve",
@@ -136,16 +155,3 @@ def test_evolve_command_writes_the_summary_json(tmp_path, monkeypatch):
             str(out),
         ],
     )
-    assert result.exit_code == 0, result.output
-    summary = json.loads(out.read_text())
-    for key in (
-        "seed_objective",
-        "best_objective",
-        "improvement",
-        "candidates",
-        "evaluations_per_hour",
-        "llm_tokens",
-        "registered_version",
-    ):
-        assert key in summary
-    assert summary["llm_tokens"] == 0 and summary["evaluations_per_hour"] > 0

@@ -57,6 +57,8 @@ class Candidate:
     prompt: str = ""
     response: str = ""
     tuning: list[float] = field(default_factory=list)
+    eval_s: float = 0.0
+    """Sandbox wall time of this candidate's evaluations (quick, full, tuning trials)."""
     results: list[dict[str, Any]] = field(default_factory=list, repr=False)
     """Per-(scenario, seed) sandbox results on the quick suite (summaries, decision stats)."""
     full_results: list[dict[str, Any]] = field(default_factory=list, repr=False)

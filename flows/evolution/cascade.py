@@ -81,7 +81,13 @@ class Cascade:
     def describe(self) -> str:
         return self.evaluator.backend.describe(self.limits)
 
-    def _requests(self, sources: Sequence[str], suite: Suite) -> list[EvalRequest]:
+    def _requests(
+        self, sources: Sequence[str], suite: Suite, names: Sequence[str] | None = None
+    ) -> list[EvalRequest]:
+        """One request per source, named after its candidate (``names``) where given: the
+        name is what a rejection, a sandbox log line and a Prefect task run show."""
+        if names is not None and len(names) != len(sources):
+            raise ValueError(f"{len(names)} names for {len(sources)} sources")
         return [
             EvalRequest.build(
                 src,
@@ -89,14 +95,16 @@ class Cascade:
                 seeds=suite.seeds,
                 scale=suite.scale,
                 limits=self.limits,
-                name="candidate",
+                name=names[i] if names is not None else "candidate",
                 windows_dir=suite.windows_dir,
             )
-            for src in sources
+            for i, src in enumerate(sources)
         ]
 
-    def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
-        reqs = self._requests(sources, suite)
+    def evaluate_many(
+        self, sources: Sequence[str], suite: Suite, names: Sequence[str] | None = None
+    ) -> list[Outcome]:
+        reqs = self._requests(sources, suite, names)
         out: list[Outcome | None] = [None] * len(reqs)
         pending = []
         for i, req in enumerate(reqs):

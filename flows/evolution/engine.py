@@ -22,6 +22,7 @@ generation, slot), and every outside answer (LLM, sandbox) is journaled: see
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -143,7 +144,10 @@ class Evolution:
         seeds: list[tuple[str, str]] = [(n, builtin_source(n)) for n in cfg.seeds_policies]
         if self.champion_spec is not None and all(s != self.champion_spec[1] for _, s in seeds):
             seeds.insert(0, self.champion_spec)
-        outcomes = self.cascade.evaluate_many([s for _, s in seeds], cfg.quick)
+        outcomes = self.cascade.evaluate_many(
+            [s for _, s in seeds], cfg.quick, names=[f"g000-s{i:03d}-{n}" for i, (n, _) in
+                                                     enumerate(seeds)]
+        )
         cands = []
         for i, ((name, src), out) in enumerate(zip(seeds, outcomes, strict=True)):
             c = self._candidate(f"g000-s{i:03d}", src, 0, i % cfg.islands, f"seed:{name}")
@@ -265,9 +269,10 @@ class Evolution:
             drafts.append(c)
             self.progress.advance("proposed")
         todo = [c for c in drafts if c.rejection is None]
-        for c, out in zip(
-            todo, self.cascade.evaluate_many([c.source for c in todo], cfg.quick), strict=True
-        ):
+        outs = self.cascade.evaluate_many(
+            [c.source for c in todo], cfg.quick, names=[c.id for c in todo]
+        )
+        for c, out in zip(todo, outs, strict=True):
             self._apply(c, out)
         out_list = list(drafts)
         if cfg.tune_llm_candidates and cfg.tune_trials > 0:
@@ -281,9 +286,13 @@ class Evolution:
     def _tuned(
         self, parent: Candidate, g: int, s: int, island: int, suffix: str
     ) -> Candidate | None:
+        cid = f"g{g:03d}-s{s:03d}{suffix}"
+        trial_no = itertools.count()
         trials = tune(
             parent.source,
-            lambda srcs: self.cascade.evaluate_many(srcs, self.cfg.quick),
+            lambda srcs: self.cascade.evaluate_many(
+                srcs, self.cfg.quick, names=[f"{cid}-trial{next(trial_no)}" for _ in srcs]
+            ),
             trials=self.cfg.tune_trials,
             seed=random.Random(f"{self.cfg.seed}/{g}/{s}/tune").randrange(2**31),
             batch=max(1, self.cfg.parallel),
@@ -292,13 +301,13 @@ class Evolution:
         if not ok:
             return None
         best = max(ok, key=lambda t: t.outcome.objective or -math.inf)  # first of equals
-        c = self._candidate(
-            f"g{g:03d}-s{s:03d}{suffix}", best.source, g, island, "tune", parents=(parent.id,)
-        )
+        c = self._candidate(cid, best.source, g, island, "tune", parents=(parent.id,))
         if c.ast_hash in self.archive.known_hashes():
             return None  # the parent's own values won: nothing new
         c.params = dict(best.params)
         c.tuning = [t.outcome.objective if t.outcome.ok else math.nan for t in trials]
+        # Every trial's sandbox time is this candidate's; ``_apply`` adds the winner's.
+        c.eval_s = sum(t.outcome.wall_s for t in trials if t is not best)
         self._apply(c, best.outcome)
         return c
 
@@ -322,9 +331,11 @@ class Evolution:
 
     def _full(self, cands: list[Candidate]) -> None:
         assert self.cfg.full is not None
-        for c, out in zip(
-            cands, self.cascade.evaluate_many([c.source for c in cands], self.cfg.full), strict=True
-        ):
+        outs = self.cascade.evaluate_many(
+            [c.source for c in cands], self.cfg.full, names=[f"{c.id}-full" for c in cands]
+        )
+        for c, out in zip(cands, outs, strict=True):
+            c.eval_s += out.wall_s
             c.full = out.objective
             c.full_by_scenario = out.by_scenario
             c.full_results = out.results
@@ -345,6 +356,7 @@ class Evolution:
         )
 
     def _apply(self, c: Candidate, out: Outcome) -> None:
+        c.eval_s += out.wall_s
         if not out.ok:
             c.rejection, c.stage = out.reason or "rejected", out.stage
             return

@@ -4,28 +4,86 @@ The store defaults to sqlite under ``mlruns/`` (``MLFLOW_TRACKING_URI``, which
 the Makefile exports) with artifacts in ``mlruns/artifacts``. A resumed
 evolution reopens its own run (its id is kept in the run directory) and skips
 candidates already logged, so lineage has no duplicates after a kill.
+
+What the MLflow UI shows: the experiment opens on its runs (its kind is set to
+model development, not GenAI); every run has a user, source, git commit and a
+description, and, when made inside a Prefect flow run, that run's id and URL
+(``flows.links``). The evolution run's per-generation series (``GENERATION_SERIES``)
+are logged at steps 0..n only; its end-of-run summary never re-logs them at
+step 0. A candidate run lasts as long as its sandbox evaluations did. The
+registered challenger is an MLflow model (``flows.policy_model``) whose version
+describes its objective per scenario, parent, origin and evolution run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from flows import links
 from flows.evolution.archive import Archive, Candidate
 from flows.evolution.config import EvolutionConfig
 
 MODEL_NAME = "autopoiesis-policy"
+MODEL_DESCRIPTION = (
+    "Evolved serving policies, one Python module each (an MLflow pyfunc model whose "
+    "artifact data/policy.py is the source; loading it never runs the policy, predict "
+    "scores it in the sandbox). Aliases: challenger (set by evolution), champion (set by "
+    "promotion: what the router runs)."
+)
 EXPERIMENT = "autopoiesis-evolution"
 ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""Opens the experiment on its runs in MLflow 3's UI, not on the GenAI overview."""
+GENERATION_SERIES = ("archive_best_objective", "generation_mean_objective", "archive_cells",
+                     "sandbox_evaluations")
+"""The evolution run's metrics logged once per generation (step = generation)."""
 
 
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def ensure_experiment(client: Any, uri: str, name: str) -> str:
+    """The experiment's id, created if missing: artifacts beside a sqlite store (not in
+    the working directory), kind set so the UI opens on runs."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        artifacts = None
+        if uri.startswith("sqlite:///"):
+            artifacts = (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
+        exp_id = str(client.create_experiment(name, artifact_location=artifacts))
+    else:
+        exp_id = str(exp.experiment_id)
+        if (exp.tags or {}).get(EXPERIMENT_KIND[0]) == EXPERIMENT_KIND[1]:
+            return exp_id
+    client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+    return exp_id
+
+
+def config_params(cfg: EvolutionConfig) -> dict[str, str]:
+    """The run's parameters: the config flattened; the LLM section only when one is used."""
+    d = cfg.to_dict()
+    if not cfg.llm.enabled:
+        d["llm"] = {"enabled": False}
+    params = _flatten(d)
+    params |= {"quick.hash": cfg.quick.digest, "full.hash": cfg.full.digest if cfg.full else ""}
+    return params
+
+
+def describe_config(cfg: EvolutionConfig) -> str:
+    llm = ", ".join(m.name for m in cfg.llm.models) if cfg.llm.enabled else "none (Optuna only)"
+    full = f"{len(cfg.full.scenarios)} scenarios" if cfg.full else "none"
+    return (
+        f"Evolution of serving policies: {cfg.generations} generations of {cfg.population} "
+        f"candidates on {', '.join(cfg.quick.scenarios)} (scale {cfg.quick.scale}, seeds "
+        f"{list(cfg.quick.seeds)}); full suite {full}; LLM {llm}."
+    )
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -49,16 +107,7 @@ class Tracker:
         self.uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            artifacts = None
-            if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in cwd
-                artifacts = (Path(self.uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifacts
-            )
-        else:
-            self.experiment_id = exp.experiment_id
+        self.experiment_id = ensure_experiment(self.client, self.uri, experiment)
         self.run_id: str | None = None
         self.logged: set[str] = set()
 
@@ -73,6 +122,7 @@ class Tracker:
                 max_results=5000,
             ):
                 self.logged.add(r.data.tags.get("candidate_id", ""))
+            links.link_flow_run(self.uri, self.experiment_id, run_id, "evolution run")
             return run_id
         run = self.client.create_run(
             self.experiment_id,
@@ -81,13 +131,18 @@ class Tracker:
                 "kind": "evolution",
                 "scenario_set": cfg.quick.digest,
                 "full_scenario_set": cfg.full.digest if cfg.full else "",
+                **links.run_tags(links.default_source(), describe_config(cfg)),
             },
         )
         self.run_id = run.info.run_id
-        params = _flatten(cfg.to_dict())
-        params |= {"quick.hash": cfg.quick.digest, "full.hash": cfg.full.digest if cfg.full else ""}
-        self._params(self.run_id, params)
+        self._params(self.run_id, config_params(cfg))
+        links.link_flow_run(self.uri, self.experiment_id, self.run_id, "evolution run")
         return self.run_id
+
+    @property
+    def run_url(self) -> str | None:
+        return links.mlflow_run_url(self.uri, self.experiment_id, self.run_id) \
+            if self.run_id else None
 
     def _params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -97,8 +152,6 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def _metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -114,12 +167,7 @@ class Tracker:
         assert self.run_id
         self._metrics(
             self.run_id,
-            {
-                "best_objective": best,
-                "mean_objective": mean,
-                "archive_cells": coverage,
-                "evaluations": evals,
-            },
+            dict(zip(GENERATION_SERIES, (best, mean, coverage, evals), strict=True)),
             step=gen,
         )
 
@@ -132,15 +180,20 @@ class Tracker:
             return
         from flows.evolution.responses import unified_diff
 
+        # The run spans the candidate's sandbox time, ending now (its evaluations just
+        # finished): the UI's duration column then says what evaluating it took.
+        end_ms = int(time.time() * 1000)
         run = self.client.create_run(
             self.experiment_id,
             run_name=c.id,
+            start_time=end_ms - int(c.eval_s * 1000),
             tags={
                 "mlflow.parentRunId": self.run_id,
                 "candidate_id": c.id,
                 "origin": c.origin,
                 "source_sha256": c.sha256,
                 "status": "ok" if c.ok else f"rejected:{c.stage}",
+                **links.run_tags(links.default_source(), describe_candidate(c)),
             },
         )
         rid = run.info.run_id
@@ -155,11 +208,15 @@ class Tracker:
                 **{f"param.{k}": str(v) for k, v in c.params.items()},
             },
         )
-        metrics: dict[str, float] = {"tokens": c.tokens, "cost_usd": c.cost_usd}
+        # Objective first: MLflow's compare view charts the first metric the runs share.
+        metrics: dict[str, float] = {}
         if c.quick is not None:
             metrics["objective"] = c.quick
         if c.full is not None:
             metrics["full_objective"] = c.full
+        metrics["eval_wall_s"] = c.eval_s
+        if c.origin == "llm":  # zero for every other origin: not a column worth charting
+            metrics |= {"tokens": c.tokens, "cost_usd": c.cost_usd}
         metrics |= {f"quick.{k}": v for k, v in c.quick_by_scenario.items()}
         metrics |= {f"full.{k}": v for k, v in c.full_by_scenario.items()}
         metrics |= {f"descriptor.{k}": v for k, v in c.descriptors.items()}
@@ -173,7 +230,7 @@ class Tracker:
             self.client.log_text(rid, c.prompt, "llm/prompt.json")
             self.client.log_text(rid, c.response, "llm/response.txt")
         self.client.log_text(rid, json.dumps(evaluation, indent=1, default=str), "evaluation.json")
-        self.client.set_terminated(rid, "FINISHED" if c.ok else "FAILED")
+        self.client.set_terminated(rid, "FINISHED" if c.ok else "FAILED", end_time=end_ms)
         self.logged.add(c.id)
 
     def _candidate_run(self, c: Candidate) -> str | None:
@@ -208,40 +265,47 @@ class Tracker:
 
     # --- end of run ----------------------------------------------------------------
     def register(self, c: Candidate, scenario_hash: str) -> str:
-        """Register ``c`` as a new version of ``autopoiesis-policy``, alias ``challenger``."""
-        from mlflow.exceptions import MlflowException
+        """Register ``c`` as a new version of ``autopoiesis-policy``, alias ``challenger``.
+
+        The version is the pyfunc model logged on the candidate's run; its description
+        gives the objective per scenario, origin, parents and links to both runs.
+        """
+        from flows import policy_model
 
         run_id = self._candidate_run(c) or self.run_id
-        assert run_id
-        with contextlib.suppress(MlflowException):  # it exists after the first registration
-            self.client.create_registered_model(
-                MODEL_NAME,
-                description=(
-                    "Evolved serving policies, one Python module each; "
-                    "aliases: challenger, champion."
-                ),
-            )
+        assert run_id and self.run_id
         tags = {
             "source_sha256": c.sha256,
             "objective": f"{c.quick}",
             "full_objective": f"{c.full}",
             "scenario_set": scenario_hash,
             "candidate_id": c.id,
-            "evolution_run": self.run_id or "",
+            "origin": c.origin,
+            "parent_ids": ",".join(c.parent_ids) or "-",
+            "evolution_run": self.run_id,
+            "evolution_run_url": self.run_url or "",
         }
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/policy"
-        mv = self.client.create_model_version(MODEL_NAME, source, run_id=run_id, tags=tags)
-        self.client.set_registered_model_alias(MODEL_NAME, "challenger", mv.version)
-        return str(mv.version)
+        exp = self.experiment_id
+        lines = [
+            f"**{c.id}**, origin `{c.origin}`, generation {c.generation}; parents: "
+            f"{', '.join(c.parent_ids) or 'none'}.",
+            "",
+            f"Full-suite objective: {c.full if c.full is not None else 'not run'}.",
+            "",
+            f"[candidate run]({links.mlflow_run_path(exp, run_id)}) · "
+            f"[evolution run]({links.mlflow_run_path(exp, self.run_id)})",
+        ]
+        return policy_model.register_version(
+            self.client, exp, run_id, c.source, c.id, tags=tags, alias="challenger",
+            description=policy_model.describe(c.quick, c.quick_by_scenario, lines),
+            model=MODEL_NAME, model_description=MODEL_DESCRIPTION,
+        )
 
-    def registered_source(self, version: str) -> str | None:
+    def registered_source(self, version: str) -> str:
         """The policy source stored with a registered version (what promotion would load)."""
-        mv = self.client.get_model_version(MODEL_NAME, version)
-        if not mv.run_id:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(mv.run_id, "policy/policy.py", tmp)
-            return Path(path).read_text("utf-8")
+        from flows import policy_model
+
+        return policy_model.read_source(self.client.get_model_version(MODEL_NAME, version).source)
 
     def finish(
         self,
@@ -253,14 +317,19 @@ class Tracker:
         assert self.run_id
         from flows.evolution import plots
 
+        # The generation series end at their last generation: logged again at step 0
+        # here, the UI's charts would jump back.
         self._metrics(
             self.run_id,
             {
                 k: v
                 for k, v in summary.items()
                 if isinstance(v, int | float) and not isinstance(v, bool)
+                and k not in GENERATION_SERIES
             },
         )
+        self.client.set_tag(self.run_id, links.NOTE, describe_result(
+            self.client.get_run(self.run_id).data.tags.get(links.NOTE, ""), summary))
         self.client.log_text(
             self.run_id, json.dumps(summary, indent=2, default=str), "summary.json"
         )
@@ -269,3 +338,48 @@ class Tracker:
             for path in plots.write_plots(Path(tmp), archive, history):
                 self.client.log_artifact(self.run_id, str(path), "plots")
         self.client.set_terminated(self.run_id, status)
+        links.markdown_artifact("evolution-summary", self.report(summary),
+                                "What this evolution found, with links to MLflow.")
+
+    def report(self, summary: dict[str, Any]) -> str:
+        """The evolution's result as markdown (the flow run's artifact)."""
+        version = summary.get("registered_version")
+        ui = links.mlflow_ui_url(self.uri)
+        registered = (f"[{MODEL_NAME} v{version}]({ui}/#/models/{MODEL_NAME}/versions/{version})"
+                      " (alias challenger)" if version else "nothing (no candidate qualified)")
+        rows = [
+            ("seed champion", f"{summary.get('seed_policy')}: {summary.get('seed_objective')}"),
+            ("best candidate", f"{summary.get('best_candidate')} ({summary.get('best_origin')}):"
+                               f" {summary.get('best_objective')}"),
+            ("improvement", summary.get("improvement")),
+            ("registered", registered),
+            ("candidates (rejected)",
+             f"{summary.get('candidates')} ({summary.get('candidates_rejected')})"),
+            ("sandbox evaluations", summary.get("sandbox_evaluations")),
+            ("quick suite", ", ".join(summary.get("quick_suite") or [])),
+            ("wall time s", summary.get("wall_s")),
+        ]
+        return "\n".join([f"## Evolution [{self.run_id}]({self.run_url})", "",
+                          links.markdown_table(rows)])
+
+
+def describe_candidate(c: Candidate) -> str:
+    parents = ", ".join(c.parent_ids) or "none"
+    score = f"quick-suite objective {c.quick:.4f}" if c.quick is not None else "not scored"
+    if c.full is not None:
+        score += f", full suite {c.full:.4f}"
+    status = "" if c.ok else f" Rejected ({c.stage}): {c.rejection}"
+    return (f"Candidate {c.id} ({c.origin}) of generation {c.generation}, island {c.island}; "
+            f"parents: {parents}; {score}.{status}")
+
+
+def describe_result(before: str, summary: dict[str, Any]) -> str:
+    """The evolution run's description once it ended: what it set out to do, what came of it."""
+    version = summary.get("registered_version")
+    outcome = (f"registered version {version} as challenger" if version else
+               "nothing registered: no candidate qualified (beat the champion on the quick "
+               "suite, held on the full one and, when on, in the replay stage)")
+    best, seed = summary.get("best_objective"), summary.get("seed_objective")
+    figures = (f"best {best:.4f} vs seed {summary.get('seed_policy')} {seed:.4f}"
+               if isinstance(best, float) and isinstance(seed, float) else "")
+    return f"{before}\n\nResult: {figures}; {outcome}.".strip()
