@@ -35,7 +35,10 @@ def pull(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     cluster: Annotated[
         str | None,
-        typer.Option(help="Live fleet, MODEL@COUNTxGPU[/tpK],... (default: 1 H100 per replica)."),
+        typer.Option(
+            help="Live fleet, MODEL@COUNTxGPU,... (append /tpK for tensor parallel); "
+            "default: 1 H100 per replica."
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
 ) -> None:
