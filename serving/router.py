@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import math
 import time
 import uuid
@@ -43,6 +44,8 @@ from serving.relay import DeferredHeadersResponse, SseRelay
 from serving.telemetry import TelemetryRow, TelemetryWriter
 from serving.upstream import Exchange, UpstreamError, UpstreamPool
 from serving.workload_window import WindowTracker
+
+log = logging.getLogger("autopoiesis.router")
 
 VERSION_HEADER = "x-autopoiesis-policy-version"
 DEFAULT_KV_BLOCKS = 16384
@@ -115,6 +118,8 @@ class Router:
         self.route_time = prom.Histogram(ROUTE_BUCKETS)
         self.retries = 0
         self.plans_applied = 0
+        self.monitor_errors: dict[str, int] = {}
+        """Monitoring ticks that raised, by exception type."""
         self.swap_ms = prom.Histogram((1, 2, 5, 10, 20, 50, 100, 200, 500))
 
     # -- lifecycle -------------------------------------------------------------------
@@ -219,8 +224,19 @@ class Router:
     async def _monitor_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.monitor_interval_s)
-            with contextlib.suppress(Exception):  # a bad tick must never stop the loop
+            try:
                 await self._tick()
+            except Exception as e:  # a bad tick must never stop the loop, nor go unseen
+                self._tick_failed(e)
+
+    def _tick_failed(self, e: Exception) -> None:
+        """Count the failure by kind; log the first of each kind with its traceback."""
+        kind = type(e).__name__
+        seen = self.monitor_errors.get(kind, 0)
+        self.monitor_errors[kind] = seen + 1
+        if not seen:
+            log.error("router monitor tick failed (%s: %s); later %s failures are only "
+                      "counted, in autopoiesis_monitor_errors_total", kind, e, kind, exc_info=e)
 
     async def _tick(self) -> None:
         if self.telemetry is not None:
@@ -543,6 +559,10 @@ class Router:
                prom.header("autopoiesis_plans_applied_total", "counter",
                            "New plans handed to the fleet."),
                prom.sample("autopoiesis_plans_applied_total", self.plans_applied),
+               prom.header("autopoiesis_monitor_errors_total", "counter",
+                           "Monitoring ticks that failed, by exception type."),
+               *(prom.sample("autopoiesis_monitor_errors_total", v, {"kind": k})
+                 for k, v in sorted(self.monitor_errors.items())),
                prom.header("autopoiesis_upstream_retries_total", "counter",
                            "Requests retried on another replica before any byte was sent."),
                prom.sample("autopoiesis_upstream_retries_total", self.retries),
