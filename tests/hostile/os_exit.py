@@ -1,5 +1,0 @@
-import os
-
-
-def route(request, replicas, now):
-    os._exit(0)

@@ -1,2 +1,0 @@
-def route(request, replicas, now):
-    raise SystemExit(3)

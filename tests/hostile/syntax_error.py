@@ -1,2 +1,0 @@
-def route(request, replicas, now)
-    return replicas[0].id

@@ -1,5 +1,0 @@
-import sys
-
-
-def route(request, replicas, now):
-    sys.exit(0)
