@@ -40,7 +40,7 @@ from serving.metrics_adapter import Scraper
 from serving.planning import SpecCost, capacities, deployable_specs, plan_problem
 from serving.policy_runtime import ActivePolicy, PolicyRuntime
 from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
-from serving.relay import DeferredHeadersResponse, SseRelay
+from serving.relay import DeferredHeadersResponse, SseRelay, engine_token_counts
 from serving.telemetry import TelemetryRow, TelemetryWriter
 from serving.upstream import Exchange, UpstreamError, UpstreamPool
 from serving.workload_window import WindowTracker
@@ -469,7 +469,8 @@ class Router:
         end = time.perf_counter()
         first_at, last_at = relay.first, relay.last
         row.finish(self, status, version=active, replica=replica, queue_s=queue_s,
-                   output_tokens=tokens, ttft_s=first_at - t0, e2e_s=end - t0,
+                   output_tokens=tokens, prompt_tokens=relay.prompt_tokens(),
+                   ttft_s=first_at - t0, e2e_s=end - t0,
                    tpot_s=(last_at - first_at) / (tokens - 1) if tokens > 1 else math.nan)
         return resp
 
@@ -482,14 +483,11 @@ class Router:
             row.finish(self, "error", version=active, replica=replica, queue_s=queue_s,
                        e2e_s=time.perf_counter() - t0)
             return _error(502, "upstream engine failed", "upstream_error", version=active)
-        tokens = 0
-        if upstream.status == 200:
-            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
-                tokens = int(json.loads(payload)["usage"]["completion_tokens"])
+        prompt, tokens = engine_token_counts(payload) if upstream.status == 200 else (None, 0)
         status = "ok" if upstream.status == 200 else "error"
         e2e = time.perf_counter() - t0
         row.finish(self, status, version=active, replica=replica, queue_s=queue_s,
-                   output_tokens=tokens, e2e_s=e2e)
+                   output_tokens=tokens or 0, prompt_tokens=prompt, e2e_s=e2e)
         return web.Response(status=upstream.status, body=payload, headers={
             "Content-Type": upstream.headers.get("content-type", "application/json"),
             VERSION_HEADER: active.version})
@@ -617,12 +615,15 @@ class _RowState:
 
     def finish(self, router: Router, status: str, *, version: ActivePolicy | None,
                replica: _Replica | None = None, queue_s: float = math.nan,
-               output_tokens: int = 0, ttft_s: float = math.nan, tpot_s: float = math.nan,
+               output_tokens: int = 0, prompt_tokens: int | None = None,
+               ttft_s: float = math.nan, tpot_s: float = math.nan,
                e2e_s: float = math.nan) -> None:
+        """``prompt_tokens``: the engine's count; without one, the router's estimate."""
         req = self.req
         router.record(TelemetryRow(
             request_id=self.request_id, arrival_unix_s=self.arrival_unix,
-            prompt_tokens=req.prompt_tokens, output_tokens=output_tokens,
+            prompt_tokens=req.prompt_tokens if prompt_tokens is None else prompt_tokens,
+            output_tokens=output_tokens,
             max_tokens=self.max_tokens, ttft_s=ttft_s, tpot_s=tpot_s, e2e_s=e2e_s,
             queue_s=queue_s, replica=replica.handle.url if replica is not None else "",
             policy_version=version.version if version is not None else "",
