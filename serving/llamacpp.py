@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -112,19 +113,26 @@ def server_params(cfg: LlamaCppConfig, host: str, port: int) -> object:
     return params
 
 
-def serve(cfg: LlamaCppConfig, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT (the server's threads end with the process)."""
+def serve(cfg: LlamaCppConfig, host: str, port: int, parent_pid: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, or until process ``parent_pid`` is gone; then exit.
+
+    A fleet passes its own pid: an engine must not outlive a fleet that was killed
+    before it could stop it. The exit is immediate (``os._exit``): the server's
+    teardown waits for requests in flight, which a stopped engine drops anyway.
+    """
     if importlib.util.find_spec("xllamacpp") is None:
         raise EngineMissing("xllamacpp is not installed: run `make engines`")
     import xllamacpp as xlc
 
-    server = xlc.Server(server_params(cfg, host, port))
+    _server = xlc.Server(server_params(cfg, host, port))  # serves while referenced
     print(
         f"llama.cpp serving {cfg.model_path().name} as {cfg.alias} on http://{host}:{port}",
         flush=True,
     )
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    del server
+    while signal.sigtimedwait({signal.SIGTERM, signal.SIGINT}, 1.0) is None:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            break
+    os._exit(0)
 
 
 class LlamaCppFleet(ProcessFleet):
@@ -166,6 +174,8 @@ class LlamaCppFleet(ProcessFleet):
             self.host,
             "--port",
             str(port),
+            "--parent-pid",
+            str(os.getpid()),
             *self.config.args(),
         ]
 
@@ -182,12 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--ctx-per-slot", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
     a = p.parse_args(argv)
     cfg = LlamaCppConfig(a.model, a.alias, a.slots, a.ctx_per_slot, a.threads)
     # Blocked before the server's threads start, so that sigwait (not a thread) receives them.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
-        serve(cfg, a.host, a.port)
+        serve(cfg, a.host, a.port, a.parent_pid)
     except EngineMissing as e:
         sys.exit(f"error: {e}")
 

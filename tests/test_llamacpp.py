@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -187,3 +192,45 @@ def test_router_in_front_of_two_llamacpp_engines(tmp_path):
     }
     assert up == {killed["url"]: 0.0, other: 1.0}
     assert len(ordered) == 7 and ordered.request_id.is_unique
+
+
+FLEET_OF_ONE = """
+import asyncio, os
+from serving.llamacpp import LlamaCppFleet
+
+async def main():
+    fleet = LlamaCppFleet(1, log_dir=os.environ["LOGS"])
+    await fleet.start()
+    print(fleet.engines()[0].ref.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.llamacpp
+@pytest.mark.usefixtures("engines_installed")
+def test_an_engine_does_not_outlive_its_killed_fleet(tmp_path):
+    fleet = subprocess.Popen(
+        [sys.executable, "-c", FLEET_OF_ONE],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LOGS": str(tmp_path)},
+    )
+    try:
+        engine = int(fleet.stdout.readline())
+    finally:
+        fleet.kill()  # no chance to stop its engine
+        fleet.wait()
+    deadline = time.monotonic() + 15
+    while not _gone(engine) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(engine), f"engine {engine} outlived its fleet"
