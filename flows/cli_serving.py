@@ -54,17 +54,16 @@ def serve(
     from serving.router import RouterConfig
     from serving.serve import load_policy_spec, make_fleet, serve_forever
 
+    if engine_kind == "llamacpp" and not engine_url:
+        if why := available():
+            _fail(f"llama.cpp engines unavailable: {why}")
+        model = SMOLLM_ALIAS
     try:
         loaded = load_policy_spec(policy)
         fleet = make_fleet(engines, engine_url or [], gpu, model,
                            ["--time-scale", str(time_scale)], engine_kind)
     except (PolicyError, ValueError) as e:
         _fail(str(e))
-    if engine_kind == "llamacpp" and not engine_url:
-        why = available()
-        if why:
-            _fail(f"llama.cpp engines unavailable: {why}")
-        model = SMOLLM_ALIAS
     token = admin_token or secrets.token_urlsafe(24)
     if not admin_token:
         console.print(f"admin token (generated): {token}")

@@ -64,7 +64,7 @@ def on_cpu_engines(cfg: DemoConfig, quick: bool = False) -> DemoConfig:
     """The demo on two real llama.cpp engines (SmolLM2-135M on CPU): a load they can serve.
 
     Prompts and outputs 20x shorter and rates ~4x lower than on the simulated GPUs,
-    each phase long enough for the pull flow's 50-request windows; the SLO a CPU
+    each phase long enough for the demo's 40-request pull windows; the SLO a CPU
     engine can meet when not overloaded (TPOT ~20-70 ms on a shared core).
     """
     return replace(cfg, engines="llamacpp", lengths=0.05, conv_rate=0.8, code_rate=1.8,
