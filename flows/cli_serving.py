@@ -153,6 +153,10 @@ def bench_router(
         "e.g. --rates 0.5,1 --duration 60 --swap-duration 0).")] = "fake",
     output_tokens: Annotated[int, typer.Option(help="Tokens per response.")] = 16,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length (~4 bytes a token).")] = 64,
+    policy: Annotated[str, typer.Option(
+        help="The router's policy. Direct load alternates between the engines: round_robin "
+        "dispatches the same way, which real engines (seconds per request) need for a fair "
+        "comparison.")] = "least_outstanding",
     rust_router: Annotated[str, typer.Option(
         help="vllm-router executable; 'auto' looks in .venv-bench; 'none' skips it.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results.")] = None,
@@ -164,7 +168,7 @@ def bench_router(
         _fail(f"--engines must be fake or llamacpp, not {engines!r}")
     cfg = BenchConfig(rates=tuple(float(r) for r in rates.split(",")), duration_s=duration,
                       swap_duration_s=swap_duration, engines=engines,
-                      output_tokens=output_tokens, prompt_tokens=prompt_tokens,
+                      output_tokens=output_tokens, prompt_tokens=prompt_tokens, policy=policy,
                       rust_router=None if rust_router == "none" else rust_router)
     out = run(cfg, log=lambda s: console.print(s, highlight=False))
     table = Table(title=f"added TTFT over direct (ms), streaming, {output_tokens} output tokens, "

@@ -20,21 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import math
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
 
 from serving.fleet import free_port, wait_healthy
-from serving.loadgen import percentile, poisson_shots, run_load, summarize
+from serving.loadgen import Shot, percentile, poisson_shots, run_load, summarize
 from serving.policy_loader import builtin_source
+from serving.prompt import synth_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,6 +153,12 @@ def _request_extras(cfg: BenchConfig) -> dict:
     return {"ignore_eos": True} if cfg.engines == "llamacpp" else {}
 
 
+def _own_prompts(shots: Sequence[Shot], cfg: BenchConfig, salts: Iterator[int]) -> list[Shot]:
+    """The same schedule with prompts no target has seen: a real engine's prompt cache
+    (llama.cpp keeps past prompts' KV) must not serve one target from another's run."""
+    return [replace(s, prompt=synth_prompt(cfg.prompt_tokens, salt=next(salts))) for s in shots]
+
+
 async def _swap_under_load(cfg: BenchConfig, ours: Proc) -> dict:
     shots = poisson_shots(cfg.swap_rate, cfg.swap_duration_s, prompt_tokens=cfg.prompt_tokens,
                           max_tokens=cfg.output_tokens, seed=cfg.seed + 99)
@@ -198,6 +206,7 @@ async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dic
                             "policy": cfg.policy, "rounds": cfg.rounds,
                             "engines": cfg.engines, "cpus": os.cpu_count()}}
     extra = _request_extras(cfg)
+    salts = itertools.count(1)
     try:
         # Warm connections and code paths before measuring.
         warm = poisson_shots(min(50.0, 4 * min(cfg.rates)), 1.0, max_tokens=cfg.output_tokens,
@@ -213,7 +222,8 @@ async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dic
                                       max_tokens=cfg.output_tokens,
                                       seed=cfg.seed + int(rate) + 1000 * k)
                 for name, url in targets.items():
-                    results, wall = await run_load(url, shots, extra_body=extra)
+                    results, wall = await run_load(url, _own_prompts(shots, cfg, salts),
+                                                   extra_body=extra)
                     pooled[name] += results
                     walls[name] += wall
                     await asyncio.sleep(0.3)
