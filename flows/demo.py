@@ -63,12 +63,13 @@ class DemoConfig:
 def on_cpu_engines(cfg: DemoConfig, quick: bool = False) -> DemoConfig:
     """The demo on two real llama.cpp engines (SmolLM2-135M on CPU): a load they can serve.
 
-    Prompts and outputs 20x shorter and rates ~4x lower than on the simulated GPUs,
-    each phase long enough for the demo's 40-request pull windows; the SLO a CPU
-    engine can meet when not overloaded (TPOT ~20-70 ms on a shared core).
+    Prompts and outputs ~30x shorter and rates ~5x lower than on the simulated GPUs
+    (SmolLM2 prefills ~30-150 tokens/s on one shared core), each phase long enough
+    for the demo's 40-request pull windows; the SLO a CPU engine can meet when not
+    overloaded (TPOT ~20-70 ms).
     """
-    return replace(cfg, engines="llamacpp", lengths=0.05, conv_rate=0.8, code_rate=1.8,
-                   conv_s=50.0 if quick else 70.0, code_s=80.0 if quick else 120.0,
+    return replace(cfg, engines="llamacpp", lengths=0.03, conv_rate=0.6, code_rate=1.2,
+                   conv_s=70.0, code_s=80.0 if quick else 120.0,
                    slo=LiveSLO(ttft_s=3.0, tpot_s=0.25))
 
 
