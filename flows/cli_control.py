@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, write_json
+from flows.cli_output import console, fail, write_json
 
 
 def quiet_defaults() -> None:
@@ -38,7 +38,10 @@ def pull(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     cluster: Annotated[
         str | None,
-        typer.Option(help="Live fleet, MODEL@COUNTxGPU[/tpK],... (default: 1 H100 per replica)."),
+        typer.Option(
+            help="Live fleet, MODEL@COUNTxGPU,... (append /tpK for tensor parallel); "
+            "default: 1 H100 per replica."
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json")] = None,
 ) -> None:
@@ -88,16 +91,27 @@ def demo(
     ),
     llm: Annotated[str, typer.Option(help="none (Optuna only) or an OpenAI base URL.")] = "none",
     quick: Annotated[bool, typer.Option(help="Shorter traffic (tests).")] = False,
+    engines: Annotated[str, typer.Option(
+        help="simulated (vLLM-compatible GPUs) or llamacpp (real SmolLM2-135M on CPU, a "
+        "lighter load; `make engines`).")] = "simulated",
 ) -> None:
     """The closed loop on a live router: shift, drift, evolve, promote, before/after."""
     quiet_defaults()
-    from flows.demo import DemoConfig, better, run_demo
+    from flows.demo import DemoConfig, better, on_cpu_engines, run_demo
 
+    if engines not in ("simulated", "llamacpp"):
+        fail(f"--engines must be simulated or llamacpp, not {engines!r}")
     cfg = DemoConfig(workdir=workdir, llm_base_url=None if llm == "none" else llm)
     if quick:
         from dataclasses import replace
 
         cfg = replace(cfg, conv_s=20.0, code_s=50.0, pull_every_s=6.0, dwell_s=4.0)
+    if engines == "llamacpp":
+        from serving.llamacpp import available
+
+        if why := available():
+            fail(f"llama.cpp engines unavailable: {why}")
+        cfg = on_cpu_engines(cfg, quick)
     out = run_demo(cfg, log=lambda m: console.print(m, highlight=False))
     table = Table(title="Live code traffic: before vs after the promoted champion")
     for col in ("", "SLO attainment", "TTFT p50", "TTFT p99", "E2E p50", "E2E p99", "requests"):

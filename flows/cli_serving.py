@@ -21,7 +21,10 @@ from flows.cli_output import fail as _fail
 
 
 def serve(
-    engines: Annotated[int, typer.Option(help="Simulated engines to start.")] = 2,
+    engines: Annotated[int, typer.Option(help="Engines to start.")] = 2,
+    engine_kind: Annotated[str, typer.Option(
+        help="simulated (vLLM-compatible, any GPU) or llamacpp (real, SmolLM2-135M on CPU; "
+        "`make engines`).")] = "simulated",
     engine_url: Annotated[list[str] | None, typer.Option(
         help="Front these engines instead (repeatable), e.g. real vLLM servers.")] = None,
     policy: Annotated[str, typer.Option(help="Policy file or a baseline's name.")] =
@@ -41,24 +44,29 @@ def serve(
         Path("mlruns/telemetry"),
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
 ) -> None:
-    """Start simulated engines (by default) and the router in front of them."""
+    """Start engines (simulated by default, or llama.cpp) and the router in front of them."""
     import secrets
 
     from serving.engine_server import _install_uvloop
+    from serving.llamacpp import SMOLLM_ALIAS, available
     from serving.policy_loader import PolicyError
     from serving.policy_runtime import PolicyRuntime
     from serving.router import RouterConfig
     from serving.serve import load_policy_spec, make_fleet, serve_forever
 
+    if engine_kind == "llamacpp" and not engine_url:
+        if why := available():
+            _fail(f"llama.cpp engines unavailable: {why}")
+        model = SMOLLM_ALIAS
     try:
         loaded = load_policy_spec(policy)
-    except PolicyError as e:
+        fleet = make_fleet(engines, engine_url or [], gpu, model,
+                           ["--time-scale", str(time_scale)], engine_kind)
+    except (PolicyError, ValueError) as e:
         _fail(str(e))
     token = admin_token or secrets.token_urlsafe(24)
     if not admin_token:
         console.print(f"admin token (generated): {token}")
-    fleet = make_fleet(engines, engine_url or [], gpu, model,
-                       ["--time-scale", str(time_scale)])
     _install_uvloop()
     asyncio.run(serve_forever(
         fleet, PolicyRuntime(loaded), RouterConfig(telemetry_dir=telemetry_dir,
@@ -138,7 +146,17 @@ def bench_router(
     rates: Annotated[str, typer.Option(help="Comma-separated request rates.")] =
         "50,100,200,500,1000",
     duration: Annotated[float, typer.Option(help="Seconds per rate and target.")] = 5.0,
-    swap_duration: float = 6.0,
+    swap_duration: Annotated[float, typer.Option(
+        help="Seconds of policy swaps under load; 0 skips them.")] = 6.0,
+    engines: Annotated[str, typer.Option(
+        help="fake (instant engines) or llamacpp (real SmolLM2-135M on CPU: use low rates, "
+        "e.g. --rates 0.5,1 --duration 60 --swap-duration 0).")] = "fake",
+    output_tokens: Annotated[int, typer.Option(help="Tokens per response.")] = 16,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length (~4 bytes a token).")] = 64,
+    policy: Annotated[str, typer.Option(
+        help="The router's policy. Direct load alternates between the engines: round_robin "
+        "dispatches the same way, which real engines (seconds per request) need for a fair "
+        "comparison.")] = "least_outstanding",
     rust_router: Annotated[str, typer.Option(
         help="vllm-router executable; 'auto' looks in .venv-bench; 'none' skips it.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results.")] = None,
@@ -146,11 +164,15 @@ def bench_router(
     """Added TTFT of the router over direct-to-engine at several rates, and swaps under load."""
     from serving.bench_router import BenchConfig, run
 
+    if engines not in ("fake", "llamacpp"):
+        _fail(f"--engines must be fake or llamacpp, not {engines!r}")
     cfg = BenchConfig(rates=tuple(float(r) for r in rates.split(",")), duration_s=duration,
-                      swap_duration_s=swap_duration,
+                      swap_duration_s=swap_duration, engines=engines,
+                      output_tokens=output_tokens, prompt_tokens=prompt_tokens, policy=policy,
                       rust_router=None if rust_router == "none" else rust_router)
     out = run(cfg, log=lambda s: console.print(s, highlight=False))
-    table = Table(title="added TTFT over direct (ms), streaming, 16 output tokens")
+    table = Table(title=f"added TTFT over direct (ms), streaming, {output_tokens} output tokens, "
+                  f"{engines} engines")
     table.add_column("rate")
     table.add_column("autopoiesis p50/p99")
     has_rust = "vllm_router" in out

@@ -2,7 +2,8 @@
 
 1. Two simulated vLLM engines (one H100, one A100: unequal speed) run in this
    process at ``time_scale`` (wall seconds per model second), behind the live
-   router; the champion is a baseline registered in MLflow (``round_robin``).
+   router -- or two real llama.cpp engines on CPU (``on_cpu_engines``); the
+   champion is a baseline registered in MLflow (``round_robin``).
 2. Conversation traffic, then a shift to bursty code traffic (long prompts,
    short outputs, bursts) at a higher rate.
 3. A control thread runs ``pull-telemetry`` every ``pull_every_s``; on drift it
@@ -22,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,27 @@ class DemoConfig:
     scale: float = 0.05
     seed: int = 0
     slo: LiveSLO = field(default_factory=lambda: LiveSLO(ttft_s=2.0, tpot_s=0.1))
+    engines: str = "simulated"
+    """``simulated`` (vLLM-compatible, in this process) or ``llamacpp`` (real, on CPU)."""
+    lengths: float = 1.0
+    """Scales every prompt and output length of the traffic."""
 
 
-def shots(kind: str, rate: float, start: float, duration: float, seed: int) -> list[Shot]:
+def on_cpu_engines(cfg: DemoConfig, quick: bool = False) -> DemoConfig:
+    """The demo on two real llama.cpp engines (SmolLM2-135M on CPU): a load they can serve.
+
+    Prompts and outputs ~30x shorter and rates ~5x lower than on the simulated GPUs
+    (SmolLM2 prefills ~30-150 tokens/s on one shared core), each phase long enough
+    for the demo's 40-request pull windows; the SLO a CPU engine can meet when not
+    overloaded (TPOT ~20-70 ms).
+    """
+    return replace(cfg, engines="llamacpp", lengths=0.03, conv_rate=0.6, code_rate=1.2,
+                   conv_s=70.0, code_s=80.0 if quick else 120.0,
+                   slo=LiveSLO(ttft_s=3.0, tpot_s=0.25))
+
+
+def shots(kind: str, rate: float, start: float, duration: float, seed: int,
+          lengths: float = 1.0) -> list[Shot]:
     """Synthetic traffic shaped like the shared traces' conversation / code parts."""
     rng = np.random.default_rng([seed, 1 if kind == "code" else 0])
     out: list[Shot] = []
@@ -73,30 +92,34 @@ def shots(kind: str, rate: float, start: float, duration: float, seed: int) -> l
             output = int(max(8, min(600, rng.lognormal(5.2, 0.6))))
         if t >= start + duration:
             return out
-        out.append(Shot(t, synth_prompt(max(8, prompt), salt=seed * 1_000_003 + i + 7), output))
+        prompt, output = max(8, round(prompt * lengths)), max(4, round(output * lengths))
+        out.append(Shot(t, synth_prompt(prompt, salt=seed * 1_000_003 + i + 7), output))
         i += 1
 
 
 class LiveCluster:
-    """Simulated engines + router + admin API in this event loop, with telemetry."""
+    """Engines + router + admin API in this event loop, with telemetry.
+
+    ``engines="simulated"``: one simulated vLLM engine per GPU, in this process;
+    ``"llamacpp"``: as many real llama.cpp engines (``serving.llamacpp``, processes).
+    """
 
     def __init__(self, gpus: tuple[str, ...], time_scale: float, telemetry_dir: Path,
-                 admin_token: str = "demo-admin-token", hold_timeout_s: float = 30.0) -> None:
+                 admin_token: str = "demo-admin-token", hold_timeout_s: float = 30.0,
+                 engines: str = "simulated") -> None:
         self.hold_timeout_s = hold_timeout_s
         self.gpus, self.time_scale, self.telemetry_dir = gpus, time_scale, telemetry_dir
         self.admin_token = admin_token
+        self.engines = engines
         self._runners: list[Any] = []
+        self._fleet: Any = None
         self.running: Any = None
 
-    async def start(self, policy_source: str, version: str, name: str) -> None:
+    async def _simulated_fleet(self) -> Any:
         from aiohttp import web
 
         from serving.engine_server import EngineServer, EngineServerConfig
         from serving.fleet import StaticFleet, free_port
-        from serving.policy_loader import load_policy
-        from serving.policy_runtime import PolicyRuntime
-        from serving.router import RouterConfig
-        from serving.serve import start_router
 
         urls = []
         for gpu in self.gpus:
@@ -107,9 +130,25 @@ class LiveCluster:
             await web.TCPSite(runner, "127.0.0.1", port).start()
             self._runners.append(runner)
             urls.append(f"http://127.0.0.1:{port}")
+        return StaticFleet(urls)
+
+    async def start(self, policy_source: str, version: str, name: str) -> None:
+        from serving.llamacpp import LlamaCppFleet
+        from serving.policy_loader import load_policy
+        from serving.policy_runtime import PolicyRuntime
+        from serving.router import RouterConfig
+        from serving.serve import start_router
+
+        if self.engines == "llamacpp":
+            self._fleet = LlamaCppFleet(len(self.gpus),
+                                        log_dir=self.telemetry_dir.parent / "engine-logs")
+            await self._fleet.start()
+            fleet = self._fleet
+        else:
+            fleet = await self._simulated_fleet()
         runtime = PolicyRuntime(load_policy(policy_source, name=name), version=version)
         self.running = await start_router(
-            StaticFleet(urls), runtime,
+            fleet, runtime,
             RouterConfig(telemetry_dir=self.telemetry_dir, scrape_interval_s=0.25,
                          monitor_interval_s=1.0, hold_timeout_s=self.hold_timeout_s,
                          reschedule=False),
@@ -129,6 +168,8 @@ class LiveCluster:
             await self.running.close()
         for r in self._runners:
             await r.cleanup()
+        if self._fleet is not None:
+            await self._fleet.close()
 
 
 def _phase_metrics(results: list[Any], slo: LiveSLO) -> dict[str, float]:
@@ -158,11 +199,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     src = builtin_source(CHAMPION_BASELINE)
     version = reg.register_source(src, CHAMPION_BASELINE, alias=CHAMPION)
     log(f"champion: {CHAMPION_BASELINE} as autopoiesis-policy v{version}")
-    conv = shots("conv", cfg.conv_rate, 0.0, cfg.conv_s, cfg.seed)
-    code = shots("code", cfg.code_rate, cfg.conv_s, cfg.code_s, cfg.seed)
-    cluster = LiveCluster(("H100", "A100"), cfg.time_scale, telemetry)
-    # What the window scenarios replay on: the live fleet, one replica per engine.
-    fleet = "llama-3-8b@" + ",".join(f"1x{g}" for g in cluster.gpus)
+    conv = shots("conv", cfg.conv_rate, 0.0, cfg.conv_s, cfg.seed, cfg.lengths)
+    code = shots("code", cfg.code_rate, cfg.conv_s, cfg.code_s, cfg.seed, cfg.lengths)
+    cluster = LiveCluster(("H100", "A100"), cfg.time_scale, telemetry, engines=cfg.engines)
+    # What the window scenarios replay on: the live fleet, one replica per engine. The
+    # simulator has no model of a CPU engine: two llama.cpp engines stand as two A100s.
+    fleet = "llama-3-8b@" + (",".join(f"1x{g}" for g in cluster.gpus)
+                             if cfg.engines == "simulated" else f"{len(cluster.gpus)}xA100")
+    # A real model may stop early: make it generate the schedule's lengths.
+    extra = {"ignore_eos": True} if cfg.engines == "llamacpp" else None
     t0_holder: dict[str, float] = {}
     stop = threading.Event()
     control: dict[str, Any] = {"cycles": [], "error": None}
@@ -207,7 +252,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
             t0_holder["t0"] = time.time()
             th = threading.Thread(target=control_loop, name="control-plane", daemon=True)
             th.start()
-            results, _ = await run_load(cluster.url, conv + code, timeout_s=120.0)
+            results, _ = await run_load(cluster.url, conv + code, timeout_s=120.0,
+                                        extra_body=extra)
             stop.set()
             await asyncio.to_thread(th.join, 300.0)
             return results, t0_holder["t0"]

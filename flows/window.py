@@ -14,6 +14,7 @@ fallback is the catalogue scenarios whose traffic is nearest to the window
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -47,13 +48,19 @@ class Window:
     live: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
+        """For MLflow, whose metric names refuse some characters a policy version holds
+        (the router's fallback is ``baseline:NAME@SHA``): those become ``_``."""
         d = {k: float(v) for k, v in asdict(self).items() if isinstance(v, int | float)}
-        d |= {f"slo.{k}": v for k, v in self.slo_by_version.items()}
-        d |= {f"live.{k}": v for k, v in self.live.items()}
+        d |= {f"slo.{_metric_name(k)}": v for k, v in self.slo_by_version.items()}
+        d |= {f"live.{_metric_name(k)}": v for k, v in self.live.items()}
         return d
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _metric_name(key: str) -> str:
+    return re.sub(r"[^\w\-. :/]", "_", key)
 
 
 def _prefix_reuse(frame: pd.DataFrame) -> float:

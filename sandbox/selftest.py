@@ -1,9 +1,10 @@
 """The sandbox self-test: the hostile suite against a real backend, and ``evaluate``.
 
 ``run_selftest("process" | "docker")`` evaluates every candidate in
-``tests/hostile/`` (the same files and expectations ``tests/test_hostile.py``
-uses) and, for the cases that matter for containment, again with the static
-checks switched off, so the isolation boundary is shown to hold on its own.
+``sandbox/hostile/`` (package data; the same files and expectations
+``tests/test_hostile.py`` uses) and, for the cases that matter for containment,
+again with the static checks switched off, so the isolation boundary is shown to
+hold on its own.
 Each case passes ("contained") when:
 
 - it ends as a rejection with the expected stage and a reason containing the
@@ -41,7 +42,9 @@ from sandbox.backends import (
 from sandbox.protocol import EvalRequest, EvalResponse, Limits
 from sandbox.static_checks import MAX_SOURCE_BYTES
 
-HOSTILE_DIR = Path(__file__).resolve().parents[1] / "tests" / "hostile"
+HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
+"""The cases, as package data: Python sources stored as ``<name>.py.txt``."""
+GOOD_CASE = HOSTILE_DIR / "good.py.txt"
 SCENARIO = "sandbox-tiny"
 SECRET_NAME = "AUTOPOIESIS_FAKE_SECRET_TOKEN"
 HOSTILE_LIMITS = Limits(wall_s=5.0, memory_mb=768, cpus=1.0, pids=32, output_bytes=1 << 20)
@@ -64,7 +67,7 @@ class Case:
 
     @property
     def file(self) -> Path:
-        return HOSTILE_DIR / f"{self.name}.py"
+        return HOSTILE_DIR / f"{self.name}.py.txt"
 
 
 CASES: tuple[Case, ...] = (
@@ -123,7 +126,7 @@ CASES_BY_NAME = {c.name: c for c in CASES}
 
 def huge_source(size: int = 10 * 1024 * 1024) -> str:
     """A valid policy padded with comments to ``size`` bytes (never committed to the repo)."""
-    head = (HOSTILE_DIR / "good.py").read_text()
+    head = GOOD_CASE.read_text()
     line = "# " + "x" * 97 + "\n"
     return head + line * ((size - len(head)) // len(line) + 1)
 
@@ -175,7 +178,7 @@ def case_source(case: Case, env: Environment) -> str:
 
 
 def good_source() -> str:
-    return (HOSTILE_DIR / "good.py").read_text()
+    return GOOD_CASE.read_text()
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Router benchmark: added TTFT over direct-to-engine, at several rates, plus policy swaps.
 
-One run starts two fast fake engines (``serving.engine_server --fake-itl-s``),
-our router as its own process, and -- when a ``vllm-router`` executable is
-found (``make bench-env`` installs the PyPI package into ``.venv-bench``) -- the
+One run starts two engines -- fast fake ones (``serving.engine_server
+--fake-itl-s``), or real llama.cpp ones on CPU (``serving.llamacpp``,
+SmolLM2-135M, generating exactly ``output_tokens``: ``ignore_eos``) -- our router
+as its own process, and -- when a ``vllm-router`` executable is found (``make
+bench-env`` installs the PyPI package into ``.venv-bench``) -- the
 Rust ``vllm-router`` in front of the same engines. At each rate the same
 Poisson schedules are sent, streaming, directly to the engines (alternating) and
 through each router, interleaved in short rounds; the added TTFT is the router's
@@ -18,21 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import math
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
 
 from serving.fleet import free_port, wait_healthy
-from serving.loadgen import percentile, poisson_shots, run_load, summarize
+from serving.loadgen import Shot, percentile, poisson_shots, run_load, summarize
 from serving.policy_loader import builtin_source
+from serving.prompt import synth_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +56,8 @@ class BenchConfig:
     swap_rate: float = 200.0
     swap_duration_s: float = 6.0
     policy: str = "least_outstanding"
+    engines: str = "fake"
+    """``fake`` (instant prefill, ``fake_itl_s`` per token) or ``llamacpp`` (real, CPU)."""
     rust_router: str | None = "auto"
     """Path of a ``vllm-router`` executable, ``auto`` to look for one, None to skip."""
     seed: int = 0
@@ -96,14 +102,13 @@ async def _start_all(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list
     engines = []
     for _ in range(2):
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        engines.append(_spawn("engine", [
-            sys.executable, "-m", "serving.engine_server", "--port", str(port),
-            "--fake-itl-s", str(cfg.fake_itl_s), "--fake-ttft-s", "0"], url))
+        engines.append(_spawn(cfg.engines, _engine_command(cfg, port),
+                              f"http://127.0.0.1:{port}"))
     procs += engines
     for e in engines:
-        if not await wait_healthy(e.url, 30, e.popen):
-            raise RuntimeError("fake engine did not start")
+        if not await wait_healthy(e.url, 120, e.popen):
+            _stop(procs)
+            raise RuntimeError(f"{cfg.engines} engine did not start")
     port, admin_port = free_port(), free_port()
     token = "bench-" + hashlib.sha256(os.urandom(16)).hexdigest()[:16]
     ours = _spawn("autopoiesis", [
@@ -132,6 +137,26 @@ async def _start_all(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list
     else:
         log("no vllm-router executable found (run `make bench-env`); Rust comparison skipped")
     return procs, {"targets": targets, "ours": ours}
+
+
+def _engine_command(cfg: BenchConfig, port: int) -> list[str]:
+    if cfg.engines == "llamacpp":
+        return [sys.executable, "-m", "serving.llamacpp", "--port", str(port)]
+    if cfg.engines != "fake":
+        raise ValueError(f"unknown engines {cfg.engines!r}: fake or llamacpp")
+    return [sys.executable, "-m", "serving.engine_server", "--port", str(port),
+            "--fake-itl-s", str(cfg.fake_itl_s), "--fake-ttft-s", "0"]
+
+
+def _request_extras(cfg: BenchConfig) -> dict:
+    # A real model may stop early; the same number of tokens for every target.
+    return {"ignore_eos": True} if cfg.engines == "llamacpp" else {}
+
+
+def _own_prompts(shots: Sequence[Shot], cfg: BenchConfig, salts: Iterator[int]) -> list[Shot]:
+    """The same schedule with prompts no target has seen: a real engine's prompt cache
+    (llama.cpp keeps past prompts' KV) must not serve one target from another's run."""
+    return [replace(s, prompt=synth_prompt(cfg.prompt_tokens, salt=next(salts))) for s in shots]
 
 
 async def _swap_under_load(cfg: BenchConfig, ours: Proc) -> dict:
@@ -163,7 +188,8 @@ async def _swap_under_load(cfg: BenchConfig, ours: Proc) -> dict:
                     swap_errors += 1
                 i += 1
 
-    (results, _), _ = await asyncio.gather(run_load(ours.url, shots), swapper())
+    (results, _), _ = await asyncio.gather(
+        run_load(ours.url, shots, extra_body=_request_extras(cfg)), swapper())
     return {"rate": cfg.swap_rate, "swaps": len(server_ms), "swap_errors": swap_errors,
             "requests": len(results), "failed_requests": sum(not r.ok for r in results),
             "max_swap_ms": max(swap_ms, default=math.nan),
@@ -178,11 +204,15 @@ async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dic
                  "config": {"duration_s": cfg.duration_s, "output_tokens": cfg.output_tokens,
                             "prompt_tokens": cfg.prompt_tokens, "fake_itl_s": cfg.fake_itl_s,
                             "policy": cfg.policy, "rounds": cfg.rounds,
-                            "cpus": os.cpu_count()}}
+                            "engines": cfg.engines, "cpus": os.cpu_count()}}
+    extra = _request_extras(cfg)
+    salts = itertools.count(1)
     try:
         # Warm connections and code paths before measuring.
+        warm = poisson_shots(min(50.0, 4 * min(cfg.rates)), 1.0, max_tokens=cfg.output_tokens,
+                             seed=7)
         for url in targets.values():
-            await run_load(url, poisson_shots(50, 1.0, max_tokens=cfg.output_tokens, seed=7))
+            await run_load(url, warm, extra_body=extra)
         for rate in cfg.rates:
             pooled: dict[str, list] = {name: [] for name in targets}
             walls = dict.fromkeys(targets, 0.0)
@@ -192,7 +222,8 @@ async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dic
                                       max_tokens=cfg.output_tokens,
                                       seed=cfg.seed + int(rate) + 1000 * k)
                 for name, url in targets.items():
-                    results, wall = await run_load(url, shots)
+                    results, wall = await run_load(url, _own_prompts(shots, cfg, salts),
+                                                   extra_body=extra)
                     pooled[name] += results
                     walls[name] += wall
                     await asyncio.sleep(0.3)
@@ -225,8 +256,11 @@ async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dic
                 out.update(entry)
             else:
                 out[name.replace("-", "_")] = entry
-        out["swap"] = await _swap_under_load(cfg, info["ours"])
-        log(f"swap: {out['swap']}")
+        if cfg.swap_duration_s > 0:
+            out["swap"] = await _swap_under_load(cfg, info["ours"])
+            log(f"swap: {out['swap']}")
+        else:
+            out["swap"] = None
     finally:
         _stop(procs)
     return out

@@ -2,10 +2,12 @@
 
 ``Fleet`` is what the router needs: the engines now (``engines``), the GPUs it may
 use (``gpus_available``), the plan it runs (``plan``), and ``apply(plan)`` to
-move to a new one. Three implementations:
+move to a new one. The implementations:
 
 * ``LocalFleet`` runs simulated engines (``serving.engine_server``) as
   subprocesses on free loopback ports, waiting for their ``/health``.
+* ``serving.llamacpp.LlamaCppFleet`` runs real llama.cpp servers the same way,
+  on CPU (both are a ``ProcessFleet``).
 * ``StaticFleet`` fronts fixed URLs (e.g. real vLLM servers it does not own): a
   plan can change only dispatch weights and admission, never the replicas.
 * ``DockerVllmFleet`` runs ``vllm serve`` containers through the ``docker`` SDK,
@@ -21,12 +23,15 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -160,8 +165,73 @@ class _PlanFleet:
         self._engines.clear()
 
 
-class LocalFleet(_PlanFleet):
-    """Simulated engines as subprocesses on loopback ports."""
+class ProcessFleet(_PlanFleet):
+    """Engines as child processes on free loopback ports, one per replica.
+
+    Each engine's output goes to ``<log_dir>/engine-<id>.log`` (by default a temporary
+    folder, removed on close); its tail is in the error when an engine does not come up.
+    """
+
+    what = "engine"
+
+    def __init__(self, plan: Plan, *, gpus: dict[str, int] | None, host: str,
+                 start_timeout_s: float, drain_timeout_s: float,
+                 log_dir: str | os.PathLike[str] | None) -> None:
+        super().__init__(plan, gpus, drain_timeout_s)
+        self.host = host
+        self.start_timeout_s = start_timeout_s
+        self._own_logs = not log_dir
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="engines-"))
+
+    def command(self, spec: ReplicaSpec, port: int) -> list[str]:
+        raise NotImplementedError
+
+    async def _launch(self, spec: ReplicaSpec) -> EngineHandle:
+        port = free_port(self.host)
+        eid = next(self._ids)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"engine-{eid}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                self.command(spec, port), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        handle = EngineHandle(eid, f"http://{self.host}:{port}", spec, ref=proc)
+        try:
+            healthy = await wait_healthy(handle.url, self.start_timeout_s, proc)
+        except BaseException:  # cancelled while waiting: the process is not ours to leave
+            await self._terminate(handle)
+            raise
+        if not healthy:
+            await self._terminate(handle)
+            tail = log.read_text(errors="replace")[-600:].strip()
+            raise RuntimeError(f"{self.what} on port {port} did not become healthy "
+                               f"(exit code {proc.returncode}); its log {log} ends: {tail}")
+        handle.state = "serving"
+        return handle
+
+    async def _terminate(self, handle: EngineHandle) -> None:
+        proc: subprocess.Popen | None = handle.ref
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        for _ in range(100):
+            if proc.poll() is not None:
+                return
+            await asyncio.sleep(0.05)
+        proc.kill()
+        proc.wait()
+
+    async def close(self) -> None:
+        await super().close()
+        if self._own_logs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+class LocalFleet(ProcessFleet):
+    """Simulated engines (``serving.engine_server``) as subprocesses on loopback ports."""
+
+    what = "simulated engine"
 
     def __init__(
         self,
@@ -173,47 +243,17 @@ class LocalFleet(_PlanFleet):
         host: str = "127.0.0.1",
         start_timeout_s: float = 60.0,
         drain_timeout_s: float = 30.0,
+        log_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(plan, gpus, drain_timeout_s)
+        super().__init__(plan, gpus=gpus, host=host, start_timeout_s=start_timeout_s,
+                         drain_timeout_s=drain_timeout_s, log_dir=log_dir)
         self.model = model
         self.engine_args = list(engine_args)
-        self.host = host
-        self.start_timeout_s = start_timeout_s
 
     def command(self, spec: ReplicaSpec, port: int) -> list[str]:
         return [sys.executable, "-m", "serving.engine_server", "--host", self.host,
                 "--port", str(port), "--model", self.model, "--gpu", spec.gpu,
                 "--tp", str(spec.tp), *self.engine_args]
-
-    async def _launch(self, spec: ReplicaSpec) -> EngineHandle:
-        port = free_port(self.host)
-        proc = subprocess.Popen(
-            self.command(spec, port), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        handle = EngineHandle(next(self._ids), f"http://{self.host}:{port}", spec, ref=proc)
-        try:
-            healthy = await wait_healthy(handle.url, self.start_timeout_s, proc)
-        except BaseException:  # cancelled while waiting: the process is not ours to leave
-            await self._terminate(handle)
-            raise
-        if not healthy:
-            await self._terminate(handle)
-            raise RuntimeError(f"simulated engine on port {port} did not become healthy")
-        handle.state = "serving"
-        return handle
-
-    async def _terminate(self, handle: EngineHandle) -> None:
-        proc: subprocess.Popen | None = handle.ref
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        for _ in range(50):
-            if proc.poll() is not None:
-                return
-            await asyncio.sleep(0.05)
-        proc.kill()
-        proc.wait()
 
 
 class StaticFleet:

@@ -1,12 +1,14 @@
-"""Engine metrics: parse vLLM's ``/metrics`` text, normalise old and new names, scrape.
+"""Engine metrics: parse a ``/metrics`` page, normalise every engine's names, scrape.
 
-vLLM renamed its cache metrics in V1 (``vllm:gpu_cache_usage_perc`` became
-``vllm:kv_cache_usage_perc``, ``vllm:gpu_prefix_cache_{queries,hits}`` became
-``vllm:prefix_cache_{queries,hits}``, ``time_per_output_token`` became
-``inter_token_latency``); engines of both generations run in one fleet during an
-upgrade, so this adapter is the one place that knows both spellings. A snapshot
-older than ``stale_after_s`` is reported as saturated: a replica whose metrics
-stopped arriving is the last one a policy should pile requests onto.
+The router reads vLLM, SGLang and llama.cpp engines, and vLLM under two
+generations of names: V1 renamed its cache metrics (``vllm:gpu_cache_usage_perc``
+became ``vllm:kv_cache_usage_perc``, ``vllm:gpu_prefix_cache_{queries,hits}``
+became ``vllm:prefix_cache_{queries,hits}``), and engines of both generations
+run in one fleet during an upgrade. This adapter is the one place that knows
+all the spellings. What an engine does not expose stays 0 (llama.cpp reports no
+KV-cache use; ``kv_blocks_total`` 0 lets the router assume its default).
+A snapshot older than ``stale_after_s`` is reported as saturated: a replica
+whose metrics stopped arriving is the last one a policy should pile requests onto.
 """
 
 from __future__ import annotations
@@ -15,26 +17,47 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
-# Normalised field -> vLLM metric names, newest first.
-NAMES: dict[str, tuple[str, ...]] = {
-    "running": ("vllm:num_requests_running",),
-    "waiting": ("vllm:num_requests_waiting",),
-    "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+from serving.prompt import BLOCK_TOKENS
+
+# Normalised field -> where each engine reports it, newest spelling first. Each entry
+# is a tuple of metric names added up; the first entry whose names are all present wins.
+# Prefix-cache queries and hits count prompt tokens for every engine.
+NAMES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "running": (
+        ("vllm:num_requests_running",), ("sglang:num_running_reqs",),
+        ("llamacpp:requests_processing",),
+    ),
+    "waiting": (
+        ("vllm:num_requests_waiting",), ("sglang:num_queue_reqs",),
+        ("llamacpp:requests_deferred",),
+    ),
     "prefix_queries": (
-        "vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total",
-        "vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries",
+        ("vllm:prefix_cache_queries_total",), ("vllm:gpu_prefix_cache_queries_total",),
+        ("vllm:prefix_cache_queries",), ("vllm:gpu_prefix_cache_queries",),
+        # SGLang counts every prompt token and the cached ones among them; llama.cpp
+        # counts the prompt tokens it computed and, apart, the ones it reused.
+        ("sglang:prompt_tokens_total",),
+        ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total"),
     ),
     "prefix_hits": (
-        "vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total",
-        "vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits",
+        ("vllm:prefix_cache_hits_total",), ("vllm:gpu_prefix_cache_hits_total",),
+        ("vllm:prefix_cache_hits",), ("vllm:gpu_prefix_cache_hits",),
+        ("sglang:cached_tokens_total",), ("llamacpp:prompt_tokens_cached_total",),
     ),
-    "preemptions": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
+    "preemptions": (
+        ("vllm:num_preemptions_total",), ("vllm:num_preemptions",),
+        ("sglang:num_retracted_requests_total",),  # SGLang's preemption is "retraction"
+    ),
 }
+KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+"""Fraction of the KV cache in use (0..1); the fullest of several engines counts."""
+SGLANG_KV_TOKENS = "sglang:max_total_num_tokens"
+"""SGLang's KV pool in tokens; vLLM's is ``num_gpu_blocks`` on ``vllm:cache_config_info``."""
 
 STALE_WAITING = 1024
 """Waiting requests reported for a replica whose metrics are stale."""
@@ -47,7 +70,7 @@ class EngineMetrics:
     kv_usage: float = 0.0
     """Fraction of KV blocks in use, 0..1."""
     kv_blocks_total: int = 0
-    """From ``vllm:cache_config_info{num_gpu_blocks=...}``; 0 when not exposed."""
+    """vLLM's ``num_gpu_blocks``, SGLang's token pool / 16; 0 when not exposed."""
     prefix_queries: float = 0.0
     prefix_hits: float = 0.0
     preemptions: float = 0.0
@@ -122,29 +145,34 @@ def _parse_labels(s: str) -> dict[str, str]:
     return labels
 
 
-def _first(samples: dict, names: Iterable[str]) -> float | None:
-    for name in names:
-        if name in samples:
+def _first(samples: dict, alternatives: tuple[tuple[str, ...], ...]) -> float | None:
+    for names in alternatives:
+        if all(name in samples for name in names):
             # Several engines (data parallel) in one server: sum them up.
-            return sum(v for _, v in samples[name])
+            return sum(v for name in names for _, v in samples[name])
     return None
 
 
-def normalise(text: str, at: float | None = None) -> EngineMetrics:
-    """One ``EngineMetrics`` from the text of a vLLM ``/metrics`` page, old or new."""
-    samples = parse_prometheus(text)
-    values = {k: _first(samples, names) for k, names in NAMES.items()}
-    kv = samples.get("vllm:kv_cache_usage_perc") or samples.get("vllm:gpu_cache_usage_perc")
-    kv_usage = max((v for _, v in kv), default=0.0) if kv else 0.0
+def _kv_blocks_total(samples: dict) -> int:
     blocks = 0
     for labels, _ in samples.get("vllm:cache_config_info", ()):
         with contextlib.suppress(ValueError):
             blocks += int(labels.get("num_gpu_blocks", "0") or 0)
+    # In the router's block size, the one its prefix index and the simulator use.
+    blocks += sum(int(v) for _, v in samples.get(SGLANG_KV_TOKENS, ())) // BLOCK_TOKENS
+    return blocks
+
+
+def normalise(text: str, at: float | None = None) -> EngineMetrics:
+    """One ``EngineMetrics`` from the text of a vLLM, SGLang or llama.cpp ``/metrics`` page."""
+    samples = parse_prometheus(text)
+    values = {k: _first(samples, names) for k, names in NAMES.items()}
+    kv = next((samples[n] for n in KV_USAGE if n in samples), ())
     return EngineMetrics(
         running=int(values["running"] or 0),
         waiting=int(values["waiting"] or 0),
-        kv_usage=float(kv_usage),
-        kv_blocks_total=blocks,
+        kv_usage=float(max((v for _, v in kv), default=0.0)),
+        kv_blocks_total=_kv_blocks_total(samples),
         prefix_queries=values["prefix_queries"] or 0.0,
         prefix_hits=values["prefix_hits"] or 0.0,
         preemptions=values["preemptions"] or 0.0,

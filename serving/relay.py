@@ -18,7 +18,32 @@ from aiohttp import web
 
 from serving.upstream import Exchange
 
-USAGE_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+# The engine's own token counts: OpenAI ``usage`` (vLLM, SGLang, llama.cpp on text
+# completions), else llama.cpp's ``timings`` (its streamed chat chunks carry only those):
+# predicted_n tokens out, prompt_n computed + cache_n reused tokens in.
+_COUNT = rb'"%s"\s*:\s*(\d+)'
+USAGE_COMPLETION_TOKENS = re.compile(_COUNT % b"completion_tokens")
+USAGE_PROMPT_TOKENS = re.compile(_COUNT % b"prompt_tokens")
+TIMINGS_PREDICTED = re.compile(_COUNT % b"predicted_n")
+TIMINGS_PROMPT = re.compile(_COUNT % b"prompt_n")
+TIMINGS_CACHED = re.compile(_COUNT % b"cache_n")
+
+
+def _last(pattern: re.Pattern[bytes], text: bytes) -> int | None:
+    found = pattern.findall(text)
+    return int(found[-1]) if found else None
+
+
+def engine_token_counts(text: bytes) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens as the engine counted them in ``text``; None: not said."""
+    prompt, completion = _last(USAGE_PROMPT_TOKENS, text), _last(USAGE_COMPLETION_TOKENS, text)
+    computed, cached = _last(TIMINGS_PROMPT, text), _last(TIMINGS_CACHED, text)
+    if prompt is None and computed is not None:
+        prompt = computed + (cached or 0)
+    if completion is None:
+        completion = _last(TIMINGS_PREDICTED, text)
+    return prompt, completion
+
 # A client this far behind (bytes queued in its socket) pauses reading from the engine.
 RELAY_HIGH_WATER = 256 * 1024
 RELAY_LOW_WATER = 64 * 1024
@@ -71,16 +96,21 @@ class SseRelay:
         self._prev_piece, self._last_piece = self._last_piece, piece
 
     def output_tokens(self, chat: bool) -> int:
-        """Tokens streamed: the engine's own count if it ended with usage, else events.
+        """Tokens streamed: the engine's own count if it ended with one, else events.
 
-        A client that asks for ``stream_options.include_usage`` gets one more event,
-        the usage, just before ``[DONE]``: the last two pieces hold it.
+        The count rides on the last chunk before ``[DONE]`` (``usage`` when the
+        client asked for ``stream_options.include_usage``, or llama.cpp's
+        ``timings``): the last two pieces hold it.
         """
-        found = USAGE_COMPLETION_TOKENS.findall(self._prev_piece + self._last_piece)
-        if found:
-            return int(found[-1])
+        counted = engine_token_counts(self._prev_piece + self._last_piece)[1]
+        if counted is not None:
+            return counted
         # One [DONE], and for chat one role-only chunk, are not tokens.
         return max(0, self.events - (1 if self.done else 0) - (1 if chat else 0))
+
+    def prompt_tokens(self) -> int | None:
+        """The prompt's tokens as the engine counted them; None when its stream did not say."""
+        return engine_token_counts(self._prev_piece + self._last_piece)[0]
 
     def attach(self, request: web.Request) -> None:
         """Take over from the handler: write what arrived meanwhile, then every later piece."""

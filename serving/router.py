@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import math
 import time
 import uuid
@@ -39,10 +40,12 @@ from serving.metrics_adapter import Scraper
 from serving.planning import SpecCost, capacities, deployable_specs, plan_problem
 from serving.policy_runtime import ActivePolicy, PolicyRuntime
 from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
-from serving.relay import DeferredHeadersResponse, SseRelay
+from serving.relay import DeferredHeadersResponse, SseRelay, engine_token_counts
 from serving.telemetry import TelemetryRow, TelemetryWriter
 from serving.upstream import Exchange, UpstreamError, UpstreamPool
 from serving.workload_window import WindowTracker
+
+log = logging.getLogger("autopoiesis.router")
 
 VERSION_HEADER = "x-autopoiesis-policy-version"
 DEFAULT_KV_BLOCKS = 16384
@@ -115,6 +118,8 @@ class Router:
         self.route_time = prom.Histogram(ROUTE_BUCKETS)
         self.retries = 0
         self.plans_applied = 0
+        self.monitor_errors: dict[str, int] = {}
+        """Monitoring ticks that raised, by exception type."""
         self.swap_ms = prom.Histogram((1, 2, 5, 10, 20, 50, 100, 200, 500))
 
     # -- lifecycle -------------------------------------------------------------------
@@ -219,8 +224,19 @@ class Router:
     async def _monitor_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.monitor_interval_s)
-            with contextlib.suppress(Exception):  # a bad tick must never stop the loop
+            try:
                 await self._tick()
+            except Exception as e:  # a bad tick must never stop the loop, nor go unseen
+                self._tick_failed(e)
+
+    def _tick_failed(self, e: Exception) -> None:
+        """Count the failure by kind; log the first of each kind with its traceback."""
+        kind = type(e).__name__
+        seen = self.monitor_errors.get(kind, 0)
+        self.monitor_errors[kind] = seen + 1
+        if not seen:
+            log.error("router monitor tick failed (%s: %s); later %s failures are only "
+                      "counted, in autopoiesis_monitor_errors_total", kind, e, kind, exc_info=e)
 
     async def _tick(self) -> None:
         if self.telemetry is not None:
@@ -453,7 +469,8 @@ class Router:
         end = time.perf_counter()
         first_at, last_at = relay.first, relay.last
         row.finish(self, status, version=active, replica=replica, queue_s=queue_s,
-                   output_tokens=tokens, ttft_s=first_at - t0, e2e_s=end - t0,
+                   output_tokens=tokens, prompt_tokens=relay.prompt_tokens(),
+                   ttft_s=first_at - t0, e2e_s=end - t0,
                    tpot_s=(last_at - first_at) / (tokens - 1) if tokens > 1 else math.nan)
         return resp
 
@@ -466,14 +483,11 @@ class Router:
             row.finish(self, "error", version=active, replica=replica, queue_s=queue_s,
                        e2e_s=time.perf_counter() - t0)
             return _error(502, "upstream engine failed", "upstream_error", version=active)
-        tokens = 0
-        if upstream.status == 200:
-            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
-                tokens = int(json.loads(payload)["usage"]["completion_tokens"])
+        prompt, tokens = engine_token_counts(payload) if upstream.status == 200 else (None, 0)
         status = "ok" if upstream.status == 200 else "error"
         e2e = time.perf_counter() - t0
         row.finish(self, status, version=active, replica=replica, queue_s=queue_s,
-                   output_tokens=tokens, e2e_s=e2e)
+                   output_tokens=tokens or 0, prompt_tokens=prompt, e2e_s=e2e)
         return web.Response(status=upstream.status, body=payload, headers={
             "Content-Type": upstream.headers.get("content-type", "application/json"),
             VERSION_HEADER: active.version})
@@ -543,6 +557,10 @@ class Router:
                prom.header("autopoiesis_plans_applied_total", "counter",
                            "New plans handed to the fleet."),
                prom.sample("autopoiesis_plans_applied_total", self.plans_applied),
+               prom.header("autopoiesis_monitor_errors_total", "counter",
+                           "Monitoring ticks that failed, by exception type."),
+               *(prom.sample("autopoiesis_monitor_errors_total", v, {"kind": k})
+                 for k, v in sorted(self.monitor_errors.items())),
                prom.header("autopoiesis_upstream_retries_total", "counter",
                            "Requests retried on another replica before any byte was sent."),
                prom.sample("autopoiesis_upstream_retries_total", self.retries),
@@ -597,12 +615,15 @@ class _RowState:
 
     def finish(self, router: Router, status: str, *, version: ActivePolicy | None,
                replica: _Replica | None = None, queue_s: float = math.nan,
-               output_tokens: int = 0, ttft_s: float = math.nan, tpot_s: float = math.nan,
+               output_tokens: int = 0, prompt_tokens: int | None = None,
+               ttft_s: float = math.nan, tpot_s: float = math.nan,
                e2e_s: float = math.nan) -> None:
+        """``prompt_tokens``: the engine's count; without one, the router's estimate."""
         req = self.req
         router.record(TelemetryRow(
             request_id=self.request_id, arrival_unix_s=self.arrival_unix,
-            prompt_tokens=req.prompt_tokens, output_tokens=output_tokens,
+            prompt_tokens=req.prompt_tokens if prompt_tokens is None else prompt_tokens,
+            output_tokens=output_tokens,
             max_tokens=self.max_tokens, ttft_s=ttft_s, tpot_s=tpot_s, e2e_s=e2e_s,
             queue_s=queue_s, replica=replica.handle.url if replica is not None else "",
             policy_version=version.version if version is not None else "",

@@ -22,6 +22,7 @@ from aiohttp import web
 from serving.admin import AdminAPI, RegistryLoader
 from serving.contract import Plan, ReplicaSpec
 from serving.fleet import Fleet, LocalFleet, StaticFleet, free_port
+from serving.llamacpp import SMOLLM_ALIAS, LlamaCppFleet
 from serving.policy_loader import BUILTIN_POLICIES, builtin_policy, load_policy_file
 from serving.policy_runtime import PolicyRuntime
 from serving.router import Router, RouterConfig
@@ -76,10 +77,18 @@ def load_policy_spec(spec: str):
     return load_policy_file(spec)
 
 
+ENGINE_KINDS = ("simulated", "llamacpp")
+
+
 def make_fleet(engines: int, engine_urls: list[str], gpu: str, model: str,
-               engine_args: list[str]) -> Fleet:
+               engine_args: list[str], kind: str = "simulated") -> Fleet:
+    """Fixed URLs, else ``engines`` simulated vLLM engines or real llama.cpp ones (CPU)."""
     if engine_urls:
         return StaticFleet(engine_urls, ReplicaSpec(gpu, 1))
+    if kind == "llamacpp":
+        return LlamaCppFleet(engines)
+    if kind != "simulated":
+        raise ValueError(f"unknown engine kind {kind!r}; known: {', '.join(ENGINE_KINDS)}")
     plan = Plan(tuple(ReplicaSpec(gpu, 1) for _ in range(engines)))
     return LocalFleet(plan, model=model, engine_args=engine_args)
 
@@ -127,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Autopoiesis router in front of engines.")
     p.add_argument("--engine-url", action="append", default=[])
     p.add_argument("--engines", type=int, default=2)
+    p.add_argument("--engine-kind", choices=ENGINE_KINDS, default="simulated")
     p.add_argument("--gpu", default="H100")
     p.add_argument("--model", default="llama-3-8b")
     p.add_argument("--policy", default="least_outstanding")
@@ -143,9 +153,10 @@ def main(argv: list[str] | None = None) -> None:
 
     _install_uvloop()
     tune_gc()
-    fleet = make_fleet(a.engines, a.engine_url, a.gpu, a.model, [])
+    fleet = make_fleet(a.engines, a.engine_url, a.gpu, a.model, [], a.engine_kind)
     runtime = PolicyRuntime(load_policy_spec(a.policy), budget_s=a.route_budget_ms / 1000)
-    config = RouterConfig(telemetry_dir=a.telemetry_dir, model_name=a.model,
+    model = SMOLLM_ALIAS if a.engine_kind == "llamacpp" else a.model
+    config = RouterConfig(telemetry_dir=a.telemetry_dir, model_name=model,
                           reschedule=not a.no_reschedule)
     asyncio.run(serve_forever(fleet, runtime, config, host=a.host, port=a.port,
                               admin_host=a.admin_host, admin_port=a.admin_port,

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from shared_support import required
 
 from sandbox.backends import IMAGE, DockerBackend, ProcessBackend, SandboxUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _required(var: str) -> bool:
-    return os.environ.get(var, "") not in ("", "0", "false")
-
-
 def process_backend(**kw) -> ProcessBackend:
     try:
         return ProcessBackend(**kw)
     except SandboxUnavailable as e:
-        if _required("AUTOPOIESIS_REQUIRE_BWRAP"):
+        if required("AUTOPOIESIS_REQUIRE_BWRAP"):
             pytest.fail(
                 f"AUTOPOIESIS_REQUIRE_BWRAP is set but the process sandbox is unusable: {e}"
             )
@@ -44,7 +40,7 @@ def docker_backend(**kw) -> DockerBackend:
             if build.returncode == 0:
                 return DockerBackend(**kw)
             msg = f"building {IMAGE} failed: {build.stderr[-2000:]}"
-        if _required("AUTOPOIESIS_REQUIRE_DOCKER"):
+        if required("AUTOPOIESIS_REQUIRE_DOCKER"):
             pytest.fail(
                 f"AUTOPOIESIS_REQUIRE_DOCKER is set but the docker sandbox is unusable: {msg}"
             )

@@ -2,11 +2,7 @@
 
 import pytest
 
-from serving.steptime_fit import shared_dir
-
-pytestmark = pytest.mark.skipif(
-    not (shared_dir() / "profiles").is_dir(), reason="needs shared/profiles"
-)
+pytestmark = pytest.mark.shared("profiles")
 
 
 def test_fidelity_within_five_percent():

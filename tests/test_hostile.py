@@ -1,4 +1,4 @@
-"""The hostile suite: every candidate in tests/hostile/ is contained, on both backends.
+"""The hostile suite: every candidate in sandbox/hostile/ is contained, on both backends.
 
 Each case must end as a rejection with the expected stage and reason, leave no
 process, container, file or connection behind, keep the host's secrets out of

@@ -1,4 +1,4 @@
-"""The scraper's adapter reads vLLM metric text of every generation the same way."""
+"""The scraper's adapter reads vLLM (old and new names), SGLang and llama.cpp the same way."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from serving.engine_server import EngineServer, EngineServerConfig
 from serving.fleet import free_port
 from serving.metrics_adapter import STALE_WAITING, EngineMetrics, Scraper, normalise
 
-FIX = Path(__file__).parent / "fixtures" / "vllm_metrics"
+FIX = Path(__file__).parent / "fixtures" / "engine_metrics"
 
 
 def test_v1_old_names():
@@ -37,6 +37,23 @@ def test_v0_legacy():
     assert (m.running, m.waiting, m.kv_usage) == (7, 3, 0.4125)
     assert m.kv_blocks_total == 27910
     assert m.preemptions == 2.0
+
+
+def test_sglang_names():
+    m = normalise((FIX / "sglang.txt").read_text(), at=1.0)
+    assert (m.running, m.waiting) == (11, 6)
+    assert m.kv_usage == 0.42
+    assert m.kv_blocks_total == 418128 // 16  # its token pool, in the router's 16-token blocks
+    assert (m.prefix_queries, m.prefix_hits) == (65536.0, 24576.0)
+    assert m.preemptions == 3.0  # retractions
+
+
+def test_llamacpp_names_as_its_server_exposes_them():
+    m = normalise((FIX / "llamacpp.txt").read_text(), at=1.0)
+    assert (m.running, m.waiting) == (4, 4)
+    # Queries are every prompt token: the computed ones plus the ones reused from cache.
+    assert (m.prefix_queries, m.prefix_hits) == (95.0 + 161.0, 161.0)
+    assert (m.kv_usage, m.kv_blocks_total) == (0.0, 0)  # not exposed: the router's default
 
 
 def test_stale_is_saturated():

@@ -7,6 +7,10 @@ import logging
 import math
 import os
 import shutil
+import sysconfig
+import tempfile
+import venv
+from pathlib import Path
 
 import pytest
 from sandbox_support import ROOT, process_backend
@@ -198,3 +202,23 @@ def test_evaluator_runs_in_parallel_and_caches(backend):
         bad = ev.evaluate("import os\n" + good_source(), [SCEN])
         assert bad.stage == "static"
     assert os.path.isdir("/proc")  # the backend belongs to the fixture and stays open
+
+
+def test_runtime_under_tmp_is_not_hidden_by_the_private_tmp():
+    """A checkout cloned under /tmp has its venv there: the sandbox's own /tmp must not hide it."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        runtime = Path(d) / "venv"
+        venv.create(runtime, with_pip=False, symlinks=True)
+        site = next(runtime.glob("lib/python3*/site-packages"))
+        # The packages come from this venv, which the backend binds as well.
+        paths = sysconfig.get_paths()
+        (site / "host.pth").write_text(f"{paths['purelib']}\n{paths['platlib']}\n")
+        b = process_backend(python=str(runtime / "bin" / "python"))
+        try:
+            good = b.evaluate(EvalRequest.build(good_source(), [SCEN], limits=LIMITS))
+            assert good.ok, good.rejection
+            probe = "import sys\nraise RuntimeError(f'prefix={sys.prefix}')\n" + good_source()
+            resp = b.evaluate(EvalRequest.build(probe, [SCEN], limits=LIMITS, static_checks=False))
+            assert f"prefix={runtime}" in resp.reason
+        finally:
+            b.close()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from shared_support import require_shared
 
 from sandbox.scenario import Scenario
 from sandbox.scenarios import (
@@ -16,30 +17,18 @@ from sandbox.scenarios import (
     scenario_size,
 )
 from sandbox.simulator import simulate
-from sandbox.traces import shared_dir, trace_path
-from sandbox.workload import Workload, WorkloadError
+from sandbox.traces import TRACE_FILES
+from sandbox.workload import Workload
 from serving.hardware import check_deployment
 from serving.policy_loader import builtin_policy
 
-
-def _have_traces() -> bool:
-    try:
-        for name in ("azure-conv", "azure-code", "mooncake", "bwb"):
-            trace_path(name)
-    except WorkloadError:
-        return False
-    return True
-
-
-needs_traces = pytest.mark.skipif(
-    not _have_traces(), reason=f"shared traces not found under {shared_dir()}"
-)
+TRACES = tuple(TRACE_FILES[name] for name in ("azure-conv", "azure-code", "mooncake", "bwb"))
+needs_traces = pytest.mark.shared(*TRACES)
 
 
 @pytest.fixture(scope="module")
 def full() -> dict[str, Scenario]:
-    if not _have_traces():
-        pytest.skip(f"shared traces not found under {shared_dir()}")
+    require_shared(*TRACES)
     return {name: build_scenario(name, seed=0) for name in SCENARIO_NAMES}
 
 

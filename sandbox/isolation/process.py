@@ -281,6 +281,9 @@ class ProcessBackend(Backend):
         ]
         for k, v in env.items():
             argv += ["--setenv", k, v]
+        # The private /tmp, /proc and /dev first: a bind made before them would be hidden
+        # by them, and a runtime or checkout under /tmp is an ordinary place to be.
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for top in ("usr", "bin", "lib", "lib64", "lib32", "libx32", "sbin"):
             p = Path("/") / top
             if p.is_symlink():
@@ -294,6 +297,7 @@ class ProcessBackend(Backend):
         prefixes = {
             Path(sys.prefix).resolve(),
             Path(sys.base_prefix).resolve(),
+            Path(self.python).absolute().parent.parent,  # its venv (pyvenv.cfg, site-packages)
             Path(self.python).resolve().parent.parent,
         }
         for pre in sorted(prefixes):
@@ -308,12 +312,6 @@ class ProcessBackend(Backend):
         if windows:
             argv += ["--ro-bind", windows, WINDOWS_MOUNT]
         argv += [
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
             "--chdir",
             "/tmp",
             "--remount-ro",
