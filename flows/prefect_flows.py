@@ -296,16 +296,15 @@ def evolve(
     "target": "http://127.0.0.1:8001"}`` on a GPU runner); off by default.
     """
     from flows.evolution.config import EvolutionConfig, LLMConfig, Suite
-    from flows.evolution.engine import Evolution
+    from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
-    from flows.fanout import TaskCascade, close_evaluators, run_on
-    from flows.fanout import task_runner as make_runner
+    from flows.fanout import TASK_RUNNERS
 
     log = get_run_logger()
+    if task_runner not in TASK_RUNNERS:
+        raise ValueError(f"unknown task runner {task_runner!r}; known: {', '.join(TASK_RUNNERS)}")
     wdir = windows_dir_of(state_dir, windows_dir)
     scenarios = _scenarios(state_dir, scenarios, wdir, fallback_scenarios)
-    runner = None if task_runner == "threads" else make_runner(
-        task_runner, dask_address=dask_address, dask_workers=dask_workers)
     log.info("evolve on %s (task runner %s)", ", ".join(scenarios), task_runner)
     cfg = EvolutionConfig(
         quick=Suite(tuple(scenarios), (0,), scale, windows_dir=wdir),
@@ -328,13 +327,12 @@ def evolve(
         p = reg.fetch(CHAMPION)
         champ = (p.name, p.source)
     run_dir = Path(tempfile.mkdtemp(prefix="evolve-", dir=_ensure(Path(state_dir) / "runs")))
-    evo = Evolution(cfg, run_dir, tracker=Tracker(tracking_uri), champion=champ)
-    evo.cascade = TaskCascade(cfg, evo.journal)  # fan out as Prefect tasks
-    try:
-        summary = evo.run() if runner is None else run_on(runner, evo.run)
-    finally:
-        evo.close()
-        close_evaluators()
+    # Evaluations fan out as Prefect tasks: on this flow's runner, or on a Dask cluster.
+    summary = run_evolution(
+        cfg, run_dir, fanout="prefect" if task_runner == "threads" else task_runner,
+        dask_address=dask_address, dask_workers=dask_workers,
+        tracker=Tracker(tracking_uri), champion=champ,
+    )
     log.info("evolution: seed %.4f -> best %.4f, registered %s", summary["seed_objective"],
              summary["best_objective"], summary["registered_version"])
     record_event(state_dir, "evolved", version=summary["registered_version"],

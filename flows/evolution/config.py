@@ -166,6 +166,13 @@ class EvolutionConfig:
     tune_trials: int = 12
     """Optuna trials per tuned candidate (each one quick-suite evaluation)."""
     tune_llm_candidates: bool = True
+    """Every LLM child the sandbox accepts is tuned too (when it has PARAMS)."""
+    llm_concurrency: int = 1
+    """LLM requests in flight at once (a local one-slot server: 1)."""
+    llm_wait_s: float | None = 0.0
+    """How long a slot waits for the LLM's next answer before search takes it: 0 never
+    waits; None waits without limit and takes one answer per slot, so the run does not
+    depend on the LLM's speed (reproducible, as slow as the LLM)."""
     promising_margin: float = 0.01
     full_tolerance: float = 0.005
     """A challenger may trail the champion on the full suite by at most this (noise)."""
@@ -200,6 +207,9 @@ class EvolutionConfig:
         d = self.to_dict()
         for volatile in ("budget", "backend", "parallel", "eval_wall_s"):
             d.pop(volatile, None)
+        if not self.llm.enabled:  # how to wait for an LLM that is not there shapes nothing
+            d.pop("llm_concurrency")
+            d.pop("llm_wait_s")
         if self.confirm.top_k <= 0:
             d.pop("confirm")  # off: a run from before the stage existed resumes as it was
         else:

@@ -39,6 +39,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested summary, keyed by dotted path (lists and text left out)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _numbers(v, f"{prefix}{k}.")
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
 class Tracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -110,7 +121,11 @@ class Tracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
 
-    def generation(self, gen: int, best: float, mean: float, coverage: int, evals: int) -> None:
+    def generation(
+        self, gen: int, best: float, mean: float, coverage: int, evals: int,
+        proposals: dict[str, float] | None = None,
+    ) -> None:
+        """``proposals``: per proposer kind and stage, e.g. ``llm.evaluated``, this generation's."""
         assert self.run_id
         self._metrics(
             self.run_id,
@@ -119,6 +134,7 @@ class Tracker:
                 "mean_objective": mean,
                 "archive_cells": coverage,
                 "evaluations": evals,
+                **{f"proposals.{k}": v for k, v in (proposals or {}).items()},
             },
             step=gen,
         )
@@ -253,14 +269,7 @@ class Tracker:
         assert self.run_id
         from flows.evolution import plots
 
-        self._metrics(
-            self.run_id,
-            {
-                k: v
-                for k, v in summary.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            },
-        )
+        self._metrics(self.run_id, _numbers(summary))  # llm.proposed, proposers.tune.evaluated
         self.client.log_text(
             self.run_id, json.dumps(summary, indent=2, default=str), "summary.json"
         )
