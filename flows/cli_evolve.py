@@ -216,12 +216,14 @@ def evolve(
 @llm_app.command("serve-local")
 def serve_local(
     model: Annotated[
-        str, typer.Option(help="qwen (Qwen2.5-Coder-0.5B) or smollm (SmolLM2-135M).")
+        str, typer.Option(help="qwen (Qwen2.5-Coder-0.5B), qwen1.5b (1.5B, after `make llm "
+                          "MODEL=qwen1.5b`) or smollm (SmolLM2-135M).")
     ] = "qwen",
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8765,
     ctx: Annotated[int, typer.Option(help="Context length.")] = 8192,
-    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+    threads: Annotated[int, typer.Option(
+        help="CPU threads; 1 beside the sandbox (more than free cores stalls llama.cpp).")] = 1,
 ) -> None:
     """Serve a small local model over the OpenAI API (needs `make llm`)."""
     from flows.evolution.llm_local import LocalModelMissing, serve_forever

@@ -59,8 +59,8 @@ def test_one_short_run_with_the_local_model(tmp_path):
         llm = LLMConfig(
             base_url=url,
             models=(ModelChoice("qwen2.5-coder-0.5b-instruct"),),
-            max_tokens=768,
-            timeout_s=300,
+            max_tokens=384,  # an edit, not a module
+            timeout_s=1200,  # two cores shared with the sandbox and whatever else runs
             max_retries=1,
         )
         cfg = config(None, generations=1, population=1, islands=1, llm=llm, tune_trials=0)

@@ -342,8 +342,8 @@ class Evolution:
             },
             **reeval,
             "generations_done": self.generations_done,
-            "generations": [
-                {k: v for k, v in r.items() if k != "generation"}
+            "generations": [  # JSON has no NaN: a generation without scores has none
+                {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
                 | {"generation": int(r["generation"])}
                 for r in self.history
             ],

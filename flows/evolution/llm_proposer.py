@@ -114,14 +114,11 @@ class LLMProposer:
         reqs, took = self._decide(slot)
         fill = Fill(took=took is not None)
         for req in reqs:
-            res = req.future.result()
-            c = self._candidate(req, res, slot)
+            c = self._candidate(req, slot, taken=req.key == took)
             fill.candidates.append(c)
             shop.advance("proposed")
             if req.key == took:
                 fill.candidates += self._evaluate(req, c, slot)
-            elif res.draft.ok:
-                c.rejection, c.stage = "duplicate of an archived candidate", "duplicate"
         self._top_up()
         return fill
 
@@ -162,7 +159,10 @@ class LLMProposer:
         h = normalised_hash(draft.source)
         return h not in self.shop.archive.known_hashes() and h not in self.taken
 
-    def _candidate(self, req: Request, res: Result, slot: Slot) -> Candidate:
+    def _candidate(self, req: Request, slot: Slot, taken: bool) -> Candidate:
+        """The consumed draft as a candidate: the slot's child, or a rejected one on record
+        (a usable draft that did not take the slot repeats what the archive now holds)."""
+        res = req.future.result()
         d = res.draft
         c = new_candidate(
             f"g{slot.generation:03d}-{req.key}",
@@ -179,10 +179,12 @@ class LLMProposer:
         c.response = "\n\n---- repair round ----\n\n".join(a.get("text", "") for a in res.answers)
         if not d.ok:
             c.rejection, c.stage = d.error, d.stage
-        self._account(req, res)
+        elif not taken:
+            c.rejection, c.stage = "duplicate of an archived candidate", "duplicate"
+        self._account(req, res, taken)
         return c
 
-    def _account(self, req: Request, res: Result) -> None:
+    def _account(self, req: Request, res: Result, taken: bool) -> None:
         for a in res.answers:
             self.budget.charge(int(a.get("tokens", 0)), float(a.get("cost_usd", 0.0)))
         d = res.draft
@@ -196,7 +198,7 @@ class LLMProposer:
             self.extra["repair_rounds"] += len(res.answers) > 1
             if not first_failed:
                 self.counters.note(req.root, "proposed")
-        self.counters.note(req.root, *d.reached())
+        self.counters.note(req.root, *(s for s in d.reached() if taken or s != "unique"))
 
     def _evaluate(self, req: Request, c: Candidate, slot: Slot) -> list[Candidate]:
         """The slot's child in the sandbox, then tuned; a rejected one gets its repair round."""
