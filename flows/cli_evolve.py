@@ -158,7 +158,8 @@ def evolve(
         tune_trials=tune_trials,
         backend=backend,
         parallel=parallel,
-        llm=LLMConfig.from_env(base_url, model, timeout_s=llm_timeout, max_tokens=max_tokens)
+        llm=LLMConfig.from_env(base_url, model, timeout_s=llm_timeout, max_tokens=max_tokens,
+                               grammar=llm == "local")  # llama.cpp: answers held to the format
         if base_url
         else LLMConfig(),
         budget=Budget(tokens=budget_tokens, usd=budget_usd, wall_s=budget_wall),

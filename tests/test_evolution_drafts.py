@@ -1,8 +1,9 @@
 """An LLM answer made into a candidate, or the stage and one-line reason it is not.
 
-Besides hand-written shapes, ``fixtures/qwen05b_answers.json`` holds answers the real
-Qwen2.5-Coder-0.5B gave to this project's prompt (``make llm``, ``autopoiesis evolve
---llm local``), each with the parent it was asked about and what must come of it.
+Besides hand-written shapes, ``fixtures/qwen05b_answers.json`` (and ``qwen15b_``) hold
+answers the real Qwen2.5-Coder models gave (``make llm``, ``autopoiesis evolve --llm
+local``), each with a parent and what must come of it; reviewed by hand before use, so
+that a usable one may be loaded here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from serving.policy_loader import builtin_source, load_policy
 LO = builtin_source("least_outstanding")
 TA = builtin_source("threshold_autoscaler")
 KEY = "key = (r.inflight_requests, r.inflight_tokens, r.id)"
-FIXTURES = Path(__file__).parent / "fixtures" / "qwen05b_answers.json"
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL = [
+    *json.loads((FIXTURES / "qwen05b_answers.json").read_text()),
+    *json.loads((FIXTURES / "qwen15b_answers.json").read_text()),
+]
 
 
 def draft(text: str, parent: str = LO, known: frozenset[str] = frozenset()):
@@ -110,7 +115,7 @@ def test_constants_alone_are_merged_into_the_parent_keeping_its_own():
     assert loaded.reschedule is not None
 
 
-@pytest.mark.parametrize("case", json.loads(FIXTURES.read_text()), ids=lambda c: c["id"])
+@pytest.mark.parametrize("case", REAL, ids=lambda c: c["id"])
 def test_real_answers_of_the_small_model(case):
     parent = builtin_source(case["parent"])
     d = draft(case["answer"], parent)

@@ -76,10 +76,13 @@ def test_repair_rounds_feed_the_error_back_before_and_after_the_sandbox(tmp_path
         "q0000/repair": slack,
         "q0001": fenced(HOSTILE["bad_id"]),  # passes every check, fails in the sandbox
         "q0001r": fenced(GOOD_B),
+        "q0002": fenced(ROUTE_BY_TOKENS),  # repaired before the sandbox, then fails in it:
+        "q0002/repair": fenced(HOSTILE["bad_id"]),  # its one round is spent
     }
     with LLMDouble(lambda user: [{"content": answers.get(user, "no idea")}]) as d:
-        s, archive = run(config(d.url, generations=1, population=3, islands=1), tmp_path / "r")
+        s, archive = run(config(d.url, generations=1, population=4, islands=1), tmp_path / "r")
         calls = {c["user"]: c for c in d.calls}
+    assert "q0002r" not in calls
     pre = calls["q0000/repair"]["messages"]
     assert pre[-2] == {"role": "assistant", "content": answers["q0000"]}
     assert "NameError: name 'TOKEN_SLACK' is not defined" in pre[-1]["content"]
@@ -89,9 +92,10 @@ def test_repair_rounds_feed_the_error_back_before_and_after_the_sandbox(tmp_path
     assert cands["g001-q0000"]["rejection"] is None
     assert "no such replica" in cands["g001-q0001"]["rejection"]
     assert cands["g001-q0001r"]["rejection"] is None
+    assert "no such replica" in cands["g001-q0002"]["rejection"]
     llm = s["llm"]
-    assert (llm["proposed"], llm["contract_ok"], llm["evaluated"]) == (2, 2, 2)
-    assert (llm["repair_rounds"], llm["sandbox_repairs"]) == (1, 1)
+    assert (llm["proposed"], llm["contract_ok"], llm["evaluated"]) == (3, 3, 3)
+    assert (llm["repair_rounds"], llm["sandbox_repairs"]) == (2, 1)
 
 
 def test_a_dead_llm_leaves_the_optuna_only_run_as_it_was(tmp_path):

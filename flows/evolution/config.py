@@ -76,6 +76,9 @@ class LLMConfig:
     """First retry delay; doubles each retry (capped at 30 s), honouring Retry-After."""
     max_tokens: int = 2048
     temperature: float = 0.8
+    grammar: bool = False
+    """Constrain answers to the edit format (``edits.ANSWER_GRAMMAR``) with the ``grammar``
+    request field: llama.cpp servers (``serve-local``) honour it; hosted APIs refuse it."""
 
     @property
     def enabled(self) -> bool:
@@ -219,5 +222,7 @@ class EvolutionConfig:
                 d[suite].pop("windows_dir", None)
         # The endpoint URL may change between sessions (a local server's port); the models not.
         d["llm"] = {k: d["llm"][k] for k in ("models", "max_tokens", "temperature")}
+        if self.llm.grammar:  # only when on: runs from before the option resume as they were
+            d["llm"]["grammar"] = True
         d["llm"]["enabled"] = self.llm.enabled
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

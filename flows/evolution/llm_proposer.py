@@ -208,7 +208,9 @@ class LLMProposer:
         self.counters.note(req.root, "evaluated")
         shop.evaluate([c])
         if not c.ok:
-            if not req.last_round and c.stage != "internal":
+            # One repair round per proposal: after the sandbox only if none came before it.
+            first_try = not req.last_round and len(req.future.result().answers) == 1
+            if first_try and c.stage != "internal":
                 self._ask_sandbox_repair(req, c)
             return []
         out: list[Candidate] = []
