@@ -78,16 +78,18 @@ def menu() -> list[tuple[list[dict], list[dict]]]:
         "\n```\n"
     )
     broken = "```python\ndef route(request, replicas, now)\n  return 0\n```"
+    # With one answer per slot, a repair round takes a slot's turn too: the first twelve
+    # answers (three generations of four) meet every kind of failure.
     return [
-        ([{"content": good_fn}], []),  # TOKEN_SLACK undefined: defined in the repair round
         ([{"content": fenced(HOSTILE["escape"])}], [{"content": fenced(HOSTILE["escape"])}]),
         ([{"content": fenced(HOSTILE["loop"])}], [{"content": fenced(GOOD_B)}]),
-        ([{"content": no_global}], []),  # repaired mechanically: range swapped, global added
         ([{"raw": "<html>502</html>"}], []),
         ([{"content": fenced(HOSTILE["raises"])}], [{"content": fenced(HOSTILE["raises"])}]),
         ([{"status": 503}], []),
         ([{"content": broken}], [{"content": broken}]),
         ([{"content": fenced(HOSTILE["bad_id"])}], [{"content": fenced(HOSTILE["bad_id"])}]),
+        ([{"content": good_fn}], []),  # TOKEN_SLACK undefined: defined in the repair round
+        ([{"content": no_global}], []),  # repaired mechanically: range swapped, global added
         ([{"status": 429}, {"content": fenced(GOOD_A)}], []),
         ([{"content": udiff}], []),
         ([{"content": fenced(LO)}], [{"content": fenced(LO)}]),  # a copy, twice
@@ -104,7 +106,7 @@ def script():
         first, repair = table[n % len(table)]
         if not suffix:
             return first
-        if n % len(table) == 0:  # the undefined TOKEN_SLACK, defined in the repair round
+        if n % len(table) == 7:  # the undefined TOKEN_SLACK, defined in the repair round
             return [{"content": f"```python\n{slack}```"}]
         return repair or first
 

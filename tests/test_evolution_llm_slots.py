@@ -80,7 +80,9 @@ def test_repair_rounds_feed_the_error_back_before_and_after_the_sandbox(tmp_path
         "q0002/repair": fenced(HOSTILE["bad_id"]),  # its one round is spent
     }
     with LLMDouble(lambda user: [{"content": answers.get(user, "no idea")}]) as d:
-        s, archive = run(config(d.url, generations=1, population=4, islands=1), tmp_path / "r")
+        # One answer per slot: q0000 (unusable: search fills the slot), its repair, q0001,
+        # q0001r, q0002 (unusable), its repair.
+        s, archive = run(config(d.url, generations=1, population=6, islands=1), tmp_path / "r")
         calls = {c["user"]: c for c in d.calls}
     assert "q0002r" not in calls
     pre = calls["q0000/repair"]["messages"]
@@ -89,10 +91,11 @@ def test_repair_rounds_feed_the_error_back_before_and_after_the_sandbox(tmp_path
     post = calls["q0001r"]["messages"][-1]["content"]
     assert "in the sandbox" in post and "no such replica" in post
     cands = archive["candidates"]
-    assert cands["g001-q0000"]["rejection"] is None
+    assert "NameError" in cands["g001-q0000"]["rejection"]
+    assert cands["g001-q0000-repair"]["rejection"] is None
     assert "no such replica" in cands["g001-q0001"]["rejection"]
     assert cands["g001-q0001r"]["rejection"] is None
-    assert "no such replica" in cands["g001-q0002"]["rejection"]
+    assert "no such replica" in cands["g001-q0002-repair"]["rejection"]
     llm = s["llm"]
     assert (llm["proposed"], llm["contract_ok"], llm["evaluated"]) == (3, 3, 3)
     assert (llm["repair_rounds"], llm["sandbox_repairs"]) == (2, 1)
@@ -103,8 +106,14 @@ def test_a_dead_llm_leaves_the_optuna_only_run_as_it_was(tmp_path):
     suite = Suite(("bursty-code",), (0,), 0.05)
     kw = dict(generations=2, population=2, islands=1, quick=suite, tune_trials=3, eval_wall_s=30.0)
     alone, alone_archive = run(config(None, **kw), tmp_path / "alone")
+    # The simulator charges measured decision time, so scores jitter with the machine's
+    # load: the LLM run is given the sandbox's answers of the first run (its journal, not
+    # its identity), so that the same code gets the same score and equal means equal.
+    (tmp_path / "both").mkdir()
+    shutil.copy(tmp_path / "alone" / "journal.jsonl", tmp_path / "both" / "journal.jsonl")
     with LLMDouble(lambda user: [{"status": 500}]) as d:
-        both, both_archive = run(config(d.url, llm_wait_s=0.0, **kw), tmp_path / "both")
+        # Each slot waits for its (failing) answer: the third in a row retires the LLM.
+        both, both_archive = run(config(d.url, llm_wait_s=None, **kw), tmp_path / "both")
     assert "failed 3 requests in a row" in both["llm"]["retired"]
     assert both["llm"]["evaluated"] == 0 and both["proposers"]["tune"] == alone["proposers"]["tune"]
     assert alone["proposers"]["tune"]["unique"] >= 1  # tuning did find something here

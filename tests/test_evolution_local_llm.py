@@ -34,6 +34,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a real model on two shared cores: minutes per answer
 def test_one_short_run_with_the_local_model(tmp_path):
     process_backend().close()
     port = _free_port()

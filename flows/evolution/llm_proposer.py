@@ -1,9 +1,11 @@
 """The LLM as a proposer that never holds the loop up: it answers in the background.
 
 Requests (``q0000``, ``q0001``, ...) are asked ahead, ``cfg.llm_concurrency`` at a
-time, by worker threads; each answer becomes a ``Draft`` there (``drafts``), with
-one repair round, its error fed back, when it cannot be used as it is. A slot
-takes the oldest finished draft that is usable; with none ready the slot goes to
+time, by worker threads that only talk to the endpoint; the loop's thread makes
+each answer a ``Draft`` (``drafts``: ``ast`` is not safe to use from two threads
+at once in CPython 3.11) and asks one repair round, its error fed back, for an
+answer it cannot use (``q0000/repair``, a later request). A slot takes the
+oldest finished answer that is usable; with none ready the slot goes to
 search (``llm_wait_s`` 0, the default), or waits for it (``llm_wait_s`` seconds;
 None waits without limit and takes exactly one answer per slot, which makes a
 run independent of the LLM's speed: the tests' and a benchmark's mode). A child
@@ -60,18 +62,16 @@ class Request:
     island: int
     known: frozenset[str]
     """Normalised hashes a usable answer must not repeat (the archive when it was asked)."""
-    last_round: bool = False
-    """A sandbox repair: the proposal's one repair round, so no further one."""
-    future: Future[Result] = field(default_factory=Future, repr=False)
+    kind: str = "propose"
+    """``propose``; or the proposal's one repair round: ``repair`` (before the sandbox) or
+    ``sandbox-repair`` (after it); a repair round gets no further one."""
+    future: Future[dict[str, Any]] = field(default_factory=Future, repr=False)
+    """The journal record of the answer (text, or the endpoint's error)."""
+    draft: Draft | None = field(default=None, repr=False)
 
-
-@dataclass
-class Result:
-    draft: Draft
-    answers: list[dict[str, Any]]
-    """The journal records of the calls made (the answer, then the repair round's)."""
-    messages: list[dict[str, str]]
-    """The conversation of the last call."""
+    @property
+    def answer(self) -> dict[str, Any]:
+        return self.future.result()
 
 
 class LLMProposer:
@@ -126,13 +126,15 @@ class LLMProposer:
         """The requests this slot consumes and the one whose draft takes it (or None)."""
         key = f"slot/{slot.id}"
         rec = self.journal.get(key)
-        if rec is not None:  # decided before a kill: the same again
-            keys = list(rec["consumed"])
-            if [r.key for r in list(self.pending)[: len(keys)]] != keys:
-                raise EvolutionError(f"the journal's {key} does not match this run's requests")
-            return [self.pending.popleft() for _ in keys], rec["took"]
-        wait = self.cfg.llm_wait_s
         reqs: list[Request] = []
+        if rec is not None:  # decided before a kill: the same again, in the same order
+            for k in rec["consumed"]:
+                if not self.pending or self.pending[0].key != k:
+                    raise EvolutionError(f"the journal's {key} does not match this run's requests")
+                reqs.append(self.pending.popleft())
+                self._drafted(reqs[-1])  # may ask its repair round, as the live run did
+            return reqs, rec["took"]
+        wait = self.cfg.llm_wait_s
         took = None
         while self.pending:
             head = self.pending[0]
@@ -144,7 +146,7 @@ class LLMProposer:
                 except FutureTimeout:
                     break
             reqs.append(self.pending.popleft())
-            if self._usable(head, head.future.result().draft):
+            if self._usable(self._drafted(head)):
                 took = head.key
                 break
             if wait is None:
@@ -152,7 +154,19 @@ class LLMProposer:
         self.journal.put(key, {"kind": "slot", "consumed": [r.key for r in reqs], "took": took})
         return reqs, took
 
-    def _usable(self, req: Request, draft: Draft) -> bool:
+    def _drafted(self, req: Request) -> Draft:
+        """The request's answer as a draft; an unusable first answer gets its repair round."""
+        if req.draft is None:
+            answer = req.answer
+            if "error" in answer:
+                req.draft = Draft(stage="llm", error=answer["error"])
+            else:
+                req.draft = make_draft(answer["text"], req.base, req.parent.source, req.known)
+                if not req.draft.ok and req.kind == "propose":
+                    self._ask_repair(req)
+        return req.draft
+
+    def _usable(self, draft: Draft) -> bool:
         assert self.shop is not None
         if not draft.ok or draft.source is None:
             return False
@@ -162,10 +176,9 @@ class LLMProposer:
     def _candidate(self, req: Request, slot: Slot, taken: bool) -> Candidate:
         """The consumed draft as a candidate: the slot's child, or a rejected one on record
         (a usable draft that did not take the slot repeats what the archive now holds)."""
-        res = req.future.result()
-        d = res.draft
+        d = self._drafted(req)
         c = new_candidate(
-            f"g{slot.generation:03d}-{req.key}",
+            f"g{slot.generation:03d}-{req.key.replace('/', '-')}",
             d.source or req.parent.source,
             slot.generation,
             req.island,
@@ -173,31 +186,26 @@ class LLMProposer:
             (req.parent.id,),
         )
         c.model = req.model.name
-        c.tokens = sum(int(a.get("tokens", 0)) for a in res.answers)
-        c.cost_usd = sum(float(a.get("cost_usd", 0.0)) for a in res.answers)
-        c.prompt = json.dumps(res.messages, indent=1)
-        c.response = "\n\n---- repair round ----\n\n".join(a.get("text", "") for a in res.answers)
+        c.tokens = int(req.answer.get("tokens", 0))
+        c.cost_usd = float(req.answer.get("cost_usd", 0.0))
+        c.prompt = json.dumps(req.messages, indent=1)
+        c.response = req.answer.get("text", "")
         if not d.ok:
             c.rejection, c.stage = d.error, d.stage
         elif not taken:
             c.rejection, c.stage = "duplicate of an archived candidate", "duplicate"
-        self._account(req, res, taken)
+        self._account(req, d, taken)
         return c
 
-    def _account(self, req: Request, res: Result, taken: bool) -> None:
-        for a in res.answers:
-            self.budget.charge(int(a.get("tokens", 0)), float(a.get("cost_usd", 0.0)))
-        d = res.draft
-        first_failed = "error" in res.answers[0]
-        self.errors_in_a_row = self.errors_in_a_row + 1 if first_failed else 0
-        self.extra["errors"] += sum(1 for a in res.answers if "error" in a)
+    def _account(self, req: Request, d: Draft, taken: bool) -> None:
+        answer = req.answer
+        self.budget.charge(int(answer.get("tokens", 0)), float(answer.get("cost_usd", 0.0)))
+        failed = "error" in answer
+        self.errors_in_a_row = self.errors_in_a_row + 1 if failed else 0
+        self.extra["errors"] += failed
         self.extra["repaired"] += bool(d.repairs)
-        if req.last_round:
-            self.extra["sandbox_repairs"] += 1
-        else:
-            self.extra["repair_rounds"] += len(res.answers) > 1
-            if not first_failed:
-                self.counters.note(req.root, "proposed")
+        if req.kind == "propose" and not failed:
+            self.counters.note(req.root, "proposed")
         self.counters.note(req.root, *(s for s in d.reached() if taken or s != "unique"))
 
     def _evaluate(self, req: Request, c: Candidate, slot: Slot) -> list[Candidate]:
@@ -209,9 +217,8 @@ class LLMProposer:
         shop.evaluate([c])
         if not c.ok:
             # One repair round per proposal: after the sandbox only if none came before it.
-            first_try = not req.last_round and len(req.future.result().answers) == 1
-            if first_try and c.stage != "internal":
-                self._ask_sandbox_repair(req, c)
+            if req.kind == "propose" and c.stage != "internal":
+                self._ask_repair(req, c)
             return []
         out: list[Candidate] = []
         if shop.improves(c, req.parent):
@@ -267,24 +274,46 @@ class LLMProposer:
             frozenset(shop.archive.known_hashes()),
         )
 
-    def _ask_sandbox_repair(self, req: Request, c: Candidate) -> None:
-        res = req.future.result()
-        error = f"in the sandbox ({c.stage}): {c.rejection}"
+    def _ask_repair(self, req: Request, failed: Candidate | None = None) -> None:
+        """The proposal's one repair round: its error and the code it gave, fed back.
+
+        ``failed``: the child the sandbox rejected; else the draft failed before it.
+        """
+        d = req.draft
+        assert d is not None
+        if failed is not None:
+            kind, key, shown = "sandbox-repair", f"{req.key}r", failed.source
+            error, instruction = (
+                f"in the sandbox ({failed.stage}): {failed.rejection}",
+                (prompts.REPAIR_EDIT),
+            )
+            known = req.known | {failed.ast_hash}
+        else:
+            kind, key, shown, error = "repair", f"{req.key}/repair", d.source or req.base, d.error
+            instruction = (
+                prompts.REWRITE_BLOCK
+                if d.stage == "parse"
+                else prompts.REAL_CHANGE
+                if d.stage in ("copy", "duplicate")
+                else prompts.REPAIR_EDIT
+            )
+            known = req.known
+        self.extra["sandbox_repairs" if failed is not None else "repair_rounds"] += 1
         messages = prompts.repair_messages(
-            res.messages, res.answers[-1].get("text", ""), error, c.source, prompts.REPAIR_EDIT
+            req.messages, req.answer.get("text", ""), error or "", shown, instruction
         )
         self._submit(
             Request(
-                f"{req.key}r",
+                key,
                 req.root,
                 req.parent,
-                mark(c.source),
+                mark(shown),
                 messages,
                 req.model,
                 req.seed,
                 req.island,
-                req.known | {c.ast_hash},
-                last_round=True,
+                known,
+                kind=kind,
             )
         )
 
@@ -299,42 +328,17 @@ class LLMProposer:
             if req is None:
                 return
             try:
-                req.future.set_result(self._work(req))
+                req.future.set_result(self._ask(req))
             except BaseException as e:  # a bug here must reach the loop, not die in a thread
                 req.future.set_exception(e)
 
-    def _work(self, req: Request) -> Result:
-        first = self._ask(req.key, req.messages, req)
-        if "error" in first:
-            return Result(Draft(stage="llm", error=first["error"]), [first], req.messages)
-        parent = req.parent.source
-        draft = make_draft(first["text"], req.base, parent, req.known)
-        if draft.ok or req.last_round:
-            return Result(draft, [first], req.messages)
-        shown = draft.source or req.base
-        instruction = (
-            prompts.REWRITE_BLOCK
-            if draft.stage == "parse"
-            else prompts.REAL_CHANGE
-            if draft.stage in ("copy", "duplicate")
-            else prompts.REPAIR_EDIT
-        )
-        messages = prompts.repair_messages(
-            req.messages, first["text"], draft.error or "", shown, instruction
-        )
-        second = self._ask(f"{req.key}/repair", messages, req)
-        if "error" in second:
-            return Result(draft, [first, second], messages)
-        return Result(
-            make_draft(second["text"], mark(shown), parent, req.known), [first, second], messages
-        )
-
-    def _ask(self, key: str, messages: list[dict[str, str]], req: Request) -> dict[str, Any]:
-        rec = self.journal.get(f"llm/{key}")
+    def _ask(self, req: Request) -> dict[str, Any]:
+        """The endpoint's answer (journaled), on a worker thread: no ``ast`` here."""
+        rec = self.journal.get(f"llm/{req.key}")
         if rec is not None:
             return rec
         try:
-            reply = self.client.complete(messages, req.model, seed=req.seed, tag=key)
+            reply = self.client.complete(req.messages, req.model, seed=req.seed, tag=req.key)
             rec = {
                 "kind": "llm",
                 "text": reply.text,
@@ -352,7 +356,7 @@ class LLMProposer:
                 "tokens": 0,
                 "cost_usd": 0.0,
             }
-        self.journal.put(f"llm/{key}", rec)
+        self.journal.put(f"llm/{req.key}", rec)
         return rec
 
     # ------------------------------------------------------------------ the report
