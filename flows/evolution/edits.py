@@ -30,6 +30,8 @@ import ast
 import re
 from dataclasses import dataclass
 
+from flows.evolution.responses import assignment, is_docstring
+
 START = "# EVOLVE-BLOCK-START"
 END = "# EVOLVE-BLOCK-END"
 
@@ -109,7 +111,7 @@ def mark(source: str) -> str:
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name in EVOLVED_FUNCTIONS:
             body = node.body
-            if _is_docstring(body[0]) and len(body) > 1:
+            if is_docstring(body[0]) and len(body) > 1:
                 body = body[1:]
             first = (
                 min([body[0].lineno, *(d.lineno for d in getattr(body[0], "decorator_list", []))])
@@ -137,14 +139,6 @@ def _is_constant(node: ast.stmt) -> bool:
                 return False
             return True
     return False
-
-
-def _is_docstring(node: ast.stmt) -> bool:
-    return (
-        isinstance(node, ast.Expr)
-        and isinstance(getattr(node, "value", None), ast.Constant)
-        and isinstance(node.value.value, str)
-    )
 
 
 def search_replace_pairs(text: str) -> list[tuple[str, str]]:
@@ -224,7 +218,7 @@ def rewrite_block(parent: str, code: str) -> str:
     except SyntaxError as e:
         raise EditError(f"line {e.lineno}: SyntaxError: {e.msg}") from None
     defs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
-    others = [n for n in tree.body if not isinstance(n, ast.FunctionDef) and not _is_docstring(n)]
+    others = [n for n in tree.body if not isinstance(n, ast.FunctionDef) and not is_docstring(n)]
     if defs and any(d.name == "route" for d in defs) and others:
         return _dedent_common(code) + "\n"
     if defs and not others:
@@ -257,7 +251,7 @@ def merge_constants(parent: str, code: str) -> str:
     tree = ast.parse(code)
     ptree = ast.parse(parent)
     lines = parent.split("\n")
-    bound = {_target(n): n for n in ptree.body if _target(n)}
+    bound = {assignment(n)[0]: n for n in ptree.body if assignment(n)[0]}
     imported = {
         a.asname or a.name
         for n in ptree.body
@@ -269,7 +263,7 @@ def merge_constants(parent: str, code: str) -> str:
     imports: list[str] = []
     for node in tree.body:
         text = ast.get_source_segment(code, node) or ast.unparse(node)
-        name = _target(node)
+        name = assignment(node)[0]
         if isinstance(node, ast.Import | ast.ImportFrom):
             if not {(a.asname or a.name) for a in node.names} <= imported:
                 imports.append(text)
@@ -292,15 +286,6 @@ def merge_constants(parent: str, code: str) -> str:
     return "\n".join(lines)
 
 
-def _target(node: ast.stmt) -> str | None:
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        t = node.targets[0]
-        return t.id if isinstance(t, ast.Name) else None
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return node.target.id
-    return None
-
-
 def _merged_params(parent: str, old: ast.stmt, code: str, new: ast.stmt) -> str | None:
     a, b = getattr(old, "value", None), getattr(new, "value", None)
     if not (isinstance(a, ast.Dict) and isinstance(b, ast.Dict)):
@@ -318,7 +303,7 @@ def _merged_params(parent: str, old: ast.stmt, code: str, new: ast.stmt) -> str 
 def _after_imports(tree: ast.Module) -> int:
     end = 0
     for node in tree.body:
-        if isinstance(node, ast.Import | ast.ImportFrom) or _is_docstring(node):
+        if isinstance(node, ast.Import | ast.ImportFrom) or is_docstring(node):
             end = node.end_lineno or end
     return end
 

@@ -18,6 +18,7 @@ import builtins
 import math
 import symtable
 
+from flows.evolution.responses import assignment, is_docstring
 from sandbox.static_checks import first_violation
 
 CONTRACT_NAMES = (
@@ -114,7 +115,7 @@ def _fix_params(source: str) -> tuple[str, list[str]]:
 
 def _params_node(tree: ast.Module) -> ast.Dict | None:
     for node in tree.body:
-        target, value = _assignment(node)
+        target, value = assignment(node)
         if target == "PARAMS" and isinstance(value, ast.Dict):
             return value
     return None
@@ -122,15 +123,6 @@ def _params_node(tree: ast.Module) -> ast.Dict | None:
 
 def _statement_of(tree: ast.Module, value: ast.expr) -> ast.stmt:
     return next(n for n in tree.body if getattr(n, "value", None) is value)
-
-
-def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        t = node.targets[0]
-        return (t.id if isinstance(t, ast.Name) else None), node.value
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return node.target.id, node.value
-    return None, None
 
 
 def _literal_globals(tree: ast.Module) -> dict[str, tuple[float | None, ast.expr | None]]:
@@ -141,7 +133,7 @@ def _literal_globals(tree: ast.Module) -> dict[str, tuple[float | None, ast.expr
         if isinstance(node, ast.FunctionDef | ast.ClassDef):
             out[node.name] = (None, None)
             continue
-        target, value = _assignment(node)
+        target, value = assignment(node)
         if target is None or value is None:
             continue
         try:
@@ -192,23 +184,13 @@ def _fix_imports(source: str) -> tuple[str, list[str]]:
     tree = ast.parse(source)
     at = 0  # after the module docstring and any __future__ import
     for node in tree.body:
-        if _is_docstring(node) or (
-            isinstance(node, ast.ImportFrom) and node.module == "__future__"
-        ):
+        if is_docstring(node) or (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
             at = node.end_lineno or at
         else:
             break
     lines = source.split("\n")
     lines[at:at] = added
     return "\n".join(lines), [f"missing import added: {a}" for a in added]
-
-
-def _is_docstring(node: ast.stmt) -> bool:
-    return (
-        isinstance(node, ast.Expr)
-        and isinstance(getattr(node, "value", None), ast.Constant)
-        and isinstance(node.value.value, str)
-    )
 
 
 def undefined_names(source: str) -> list[str]:

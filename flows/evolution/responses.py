@@ -128,14 +128,14 @@ def behaviour_hash(source: str) -> str:
     dead: set[str] = set()
     body = []
     for node in tree.body:
-        target = _assigned_name(node)
+        target = assignment(node)[0]
         if target is not None and target != "PARAMS" and target not in read:
             dead.add(target)
             continue
         body.append(node)
     for node in body:
         value = getattr(node, "value", None)
-        if _assigned_name(node) == "PARAMS" and isinstance(value, ast.Dict):
+        if assignment(node)[0] == "PARAMS" and isinstance(value, ast.Dict):
             keep = [(k, v) for k, v in zip(value.keys, value.values, strict=False)
                     if not (isinstance(k, ast.Constant) and k.value in dead)]
             value.keys, value.values = [k for k, _ in keep], [v for _, v in keep]
@@ -143,13 +143,22 @@ def behaviour_hash(source: str) -> str:
     return normalised_hash(ast.unparse(tree))
 
 
-def _assigned_name(node: ast.stmt) -> str | None:
+def assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """``(name, value)`` of a top-level ``NAME = value`` or ``NAME: T = value``, else Nones."""
     if isinstance(node, ast.Assign) and len(node.targets) == 1:
         t = node.targets[0]
-        return t.id if isinstance(t, ast.Name) else None
+        return (t.id if isinstance(t, ast.Name) else None), node.value
     if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return node.target.id
-    return None
+        return node.target.id, node.value
+    return None, None
+
+
+def is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(getattr(node, "value", None), ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def bake_params(source: str, params: Mapping[str, float]) -> str:
