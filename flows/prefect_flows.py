@@ -363,16 +363,15 @@ def evolve(
         confirm: Replay-stage settings (ConfirmStage fields); empty: off.
     """
     from flows.evolution.config import EvolutionConfig, LLMConfig, Suite
-    from flows.evolution.engine import Evolution
+    from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
-    from flows.fanout import TaskCascade, close_evaluators, run_on
-    from flows.fanout import task_runner as make_runner
+    from flows.fanout import TASK_RUNNERS
 
     log = get_run_logger()
+    if task_runner not in TASK_RUNNERS:
+        raise ValueError(f"unknown task runner {task_runner!r}; known: {', '.join(TASK_RUNNERS)}")
     wdir = windows_dir_of(state_dir, windows_dir)
     scenarios = _scenarios(state_dir, scenarios, wdir, fallback_scenarios)
-    runner = None if task_runner == "threads" else make_runner(
-        task_runner, dask_address=dask_address, dask_workers=dask_workers)
     log.info("evolve on %s (task runner %s)", ", ".join(scenarios), task_runner)
     cfg = EvolutionConfig(
         quick=Suite(tuple(scenarios), (0,), scale, windows_dir=wdir),
@@ -397,13 +396,12 @@ def evolve(
     # Named after the flow run, so the evolution's MLflow run reads like it.
     run_name = (links.current_flow_run() or {}).get("name", "evolve")
     run_dir = Path(tempfile.mkdtemp(prefix=f"{run_name}-", dir=_ensure(Path(state_dir) / "runs")))
-    evo = Evolution(cfg, run_dir, tracker=Tracker(tracking_uri), champion=champ)
-    evo.cascade = TaskCascade(cfg, evo.journal)  # fan out as Prefect tasks
-    try:
-        summary = evo.run() if runner is None else run_on(runner, evo.run)
-    finally:
-        evo.close()
-        close_evaluators()
+    # Evaluations fan out as Prefect tasks: on this flow's runner, or on a Dask cluster.
+    summary = run_evolution(
+        cfg, run_dir, fanout="prefect" if task_runner == "threads" else task_runner,
+        dask_address=dask_address, dask_workers=dask_workers,
+        tracker=Tracker(tracking_uri), champion=champ,
+    )
     log.info("evolution: seed %s %.4f -> best %s %.4f; %s", summary["seed_policy"],
              summary["seed_objective"], summary["best_candidate"], summary["best_objective"],
              f"registered version {summary['registered_version']} as challenger"

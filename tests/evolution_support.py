@@ -8,10 +8,12 @@ own determinism, not the simulator's.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
-from llm_double import fenced, slot_of
+from llm_double import fenced
 
 from flows.evolution.config import Budget, EvolutionConfig, LLMConfig, ModelChoice, Suite
 from serving.policy_loader import builtin_source
@@ -38,32 +40,75 @@ HOSTILE = {
 }
 
 
-def script(population: int):
-    """Per slot: a fixed mix of good, diff, broken, hostile, garbage, 429 and 5xx answers."""
-    diff = (
+LO_KEY = "key = (r.inflight_requests, r.inflight_tokens, r.id)"
+ROUTE_BY_TOKENS = (
+    "def route(request, replicas, now):\n"
+    "    serving = [r for r in replicas if r.state == 'serving']\n"
+    "    if not serving:\n"
+    "        return HOLD\n"
+    "    return min(serving, key=lambda r: (r.inflight_tokens + TOKEN_SLACK, r.id)).id\n"
+)
+
+
+def sr(search: str, replace: str) -> str:
+    return f"<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+
+
+def request_of(user: str) -> tuple[int, str]:
+    """``q0007`` -> (7, ""), ``q0007/repair`` -> (7, "/repair"), ``q0007r`` -> (7, "r")."""
+    m = re.match(r"q(\d+)(.*)", user)
+    return (int(m.group(1)), m.group(2)) if m else (0, "")
+
+
+def menu() -> list[tuple[list[dict], list[dict]]]:
+    """Per request: its answer, then the answer to its repair round (pre-sandbox or after)."""
+    good_fn = "Use tokens:\n```python\n" + ROUTE_BY_TOKENS + "```\n"
+    udiff = (
         "```diff\n--- a/policy.py\n+++ b/policy.py\n@@ -1,1 +1,1 @@\n"
-        "-        key = (r.inflight_requests, r.inflight_tokens, r.id)\n"
+        f"-        {LO_KEY}\n"
         "+        key = (r.inflight_requests, -r.prefix_overlap_blocks, r.id)\n```\n"
     )
-    menu = [
-        [{"content": fenced(GOOD_A)}],
-        [{"status": 429}, {"content": fenced(GOOD_B)}],
-        [{"content": fenced(HOSTILE["escape"])}],
-        [{"content": diff}],
-        [{"content": fenced(HOSTILE["loop"])}],
-        [{"raw": "<html>502</html>"}],
-        [{"content": "```python\ndef route(request, replicas, now)\n  return 0\n```"}],
-        [{"content": fenced(HOSTILE["dunder"])}],
-        [{"status": 503}],
-        [{"content": fenced(HOSTILE["bad_id"])}],
-        [{"content": fenced(LO)}],  # a duplicate of a seed
-        [{"content": fenced(HOSTILE["raises"])}],
-        [{"content": "I am sorry, I cannot do that."}],
+    no_global = (
+        "```python\nfrom serving.contract import HOLD, Param\n"
+        "PARAMS = {'SPREAD': Param(4.0, 1.0)}\n\n"
+        "def route(request, replicas, now):\n"
+        "    serving = [r for r in replicas if r.state == 'serving']\n"
+        "    if not serving:\n        return HOLD\n"
+        "    return min(serving, key=lambda r: (r.waiting * SPREAD + r.inflight_requests, r.id)).id"
+        "\n```\n"
+    )
+    broken = "```python\ndef route(request, replicas, now)\n  return 0\n```"
+    # With one answer per slot, a repair round takes a slot's turn too: the first twelve
+    # answers (three generations of four) meet every kind of failure.
+    return [
+        ([{"content": fenced(HOSTILE["escape"])}], [{"content": fenced(HOSTILE["escape"])}]),
+        ([{"content": fenced(HOSTILE["loop"])}], [{"content": fenced(GOOD_B)}]),
+        ([{"raw": "<html>502</html>"}], []),
+        ([{"content": fenced(HOSTILE["raises"])}], [{"content": fenced(HOSTILE["raises"])}]),
+        ([{"status": 503}], []),
+        ([{"content": broken}], [{"content": broken}]),
+        ([{"content": fenced(HOSTILE["bad_id"])}], [{"content": fenced(HOSTILE["bad_id"])}]),
+        ([{"content": good_fn}], []),  # TOKEN_SLACK undefined: defined in the repair round
+        ([{"content": no_global}], []),  # repaired mechanically: range swapped, global added
+        ([{"status": 429}, {"content": fenced(GOOD_A)}], []),
+        ([{"content": udiff}], []),
+        ([{"content": fenced(LO)}], [{"content": fenced(LO)}]),  # a copy, twice
     ]
 
-    def steps(user: str):
-        g, s = slot_of(user)
-        return menu[((g - 1) * population + s) % len(menu)]
+
+def script():
+    """Answers by request number (``q0007`` and its repair rounds), whatever the call order."""
+    table = menu()
+    slack = "TOKEN_SLACK = 0.5\n\n" + ROUTE_BY_TOKENS
+
+    def steps(user: str) -> list[dict]:
+        n, suffix = request_of(user)
+        first, repair = table[n % len(table)]
+        if not suffix:
+            return first
+        if n % len(table) == 7:  # the undefined TOKEN_SLACK, defined in the repair round
+            return [{"content": f"```python\n{slack}```"}]
+        return repair or first
 
     return steps
 
@@ -71,6 +116,8 @@ def script(population: int):
 def config(
     url: str | None, *, generations=3, population=4, budget: Budget | None = None, seed=0, **kw
 ) -> EvolutionConfig:
+    """The micro suite; with an LLM, every slot waits for one answer (``llm_wait_s`` None), so
+    a run does not depend on how fast the double answers."""
     llm = (
         LLMConfig(
             base_url=url,
@@ -95,6 +142,7 @@ def config(
         eval_wall_s=5.0,
         llm=llm,
         budget=budget or Budget(),
+        llm_wait_s=None,
     )
     return EvolutionConfig(**{**base, **kw})
 
@@ -114,15 +162,16 @@ def stable(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in VOLATILE}
 
 
+def run(cfg, run_dir, **kw) -> tuple[dict, dict]:
+    """One evolution through the real entry point; its summary and archive."""
+    from flows.evolution.run import run_evolution
+
+    summary = run_evolution(cfg, run_dir, **kw)
+    return summary, json.loads((Path(run_dir) / "archive.json").read_text())
+
+
 if __name__ == "__main__":  # run by the kill/resume test in a child process
     from llm_double import LLMDouble
 
-    from flows.evolution.engine import Evolution
-
-    run_dir = Path(sys.argv[1])
-    with LLMDouble(script(4)) as d:
-        evo = Evolution(config(d.url), run_dir)
-        try:
-            evo.run()
-        finally:
-            evo.close()
+    with LLMDouble(script()) as d:
+        run(config(d.url), Path(sys.argv[1]))

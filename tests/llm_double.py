@@ -1,10 +1,11 @@
 """A scripted OpenAI-compatible chat-completions server on 127.0.0.1, for evolution tests.
 
 Real HTTP, real ``openai`` client on the other side. Each call is answered from a
-script: a list of *steps* per slot; successive calls for the same slot (retries)
-take successive steps. The slot is the ``user`` field the proposer sends (the
-candidate id, ``g001-s002``), so answers do not depend on call order and a
-resumed run is answered exactly as an uninterrupted one.
+script: a list of *steps* per request; successive calls for the same request
+(retries) take successive steps. The request is the ``user`` field the proposer
+sends (``q0007``, its repair round ``q0007/repair``, its repair after the sandbox
+``q0007r``), so answers do not depend on call order and a resumed run is answered
+exactly as an uninterrupted one.
 
 A step is a dict:
     {"content": str, "delay": s}        a normal completion (usage ~ len/4 tokens)
@@ -16,7 +17,6 @@ A step is a dict:
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections import defaultdict
@@ -110,11 +110,6 @@ class LLMDouble:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def slot_of(user: str) -> tuple[int, int]:
-    m = re.match(r"g(\d+)-s(\d+)", user)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def main() -> None:  # `python tests/llm_double.py`: a server for manual runs

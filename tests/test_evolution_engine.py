@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from evolution_support import HOSTILE, config, script, stable
+from evolution_support import HOSTILE, config, run, script, stable
 from llm_double import LLMDouble
 from sandbox_support import process_backend
 
 from flows.evolution.config import Budget
-from flows.evolution.engine import Evolution
+from flows.evolution.rundir import EvolutionError
 
 HERE = Path(__file__).resolve().parent
 
@@ -25,17 +24,8 @@ def _sandbox():
     process_backend().close()  # skips (or fails, if required) without bubblewrap
 
 
-def run(cfg, run_dir, **kw) -> tuple[dict, dict]:
-    evo = Evolution(cfg, run_dir, **kw)
-    try:
-        summary = evo.run()
-    finally:
-        evo.close()
-    return summary, json.loads((run_dir / "archive.json").read_text())
-
-
 def test_scripted_runs_are_deterministic_and_survive_hostile_answers(tmp_path):
-    with LLMDouble(script(4)) as d:
+    with LLMDouble(script()) as d:
         s1, a1 = run(config(d.url), tmp_path / "a")
         s2, a2 = run(config(d.url), tmp_path / "b")
     assert stable(s1) == stable(s2) and a1 == a2
@@ -60,7 +50,7 @@ def test_scripted_runs_are_deterministic_and_survive_hostile_answers(tmp_path):
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    with LLMDouble(script(4)) as d:
+    with LLMDouble(script()) as d:
         whole, whole_archive = run(config(d.url), tmp_path / "whole")
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}"}
@@ -80,26 +70,32 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     child.kill()
     child.wait()
     assert not (killed / "summary.json").exists(), "the child finished before it was killed"
-    with LLMDouble(script(4)) as d:
+    with LLMDouble(script()) as d:
         resumed, resumed_archive = run(config(d.url), killed)
     assert resumed["resumed"] and resumed["journal_hits"] > 0
     assert stable(resumed) == stable(whole)
     assert resumed_archive == whole_archive
 
 
-def test_budget_cap_stops_cleanly(tmp_path):
-    with LLMDouble(script(4)) as d:
+def test_a_token_cap_retires_the_llm_and_search_finishes_the_run(tmp_path):
+    with LLMDouble(script()) as d:
         s, _ = run(config(d.url, budget=Budget(tokens=3000)), tmp_path / "r")
-    assert s["stopped"] and "token budget" in s["stopped"]
-    assert s["generations_done"] < 3 and s["seed_objective"] is not None
+        asked = len(d.calls)
+    assert s["stopped"] is None and s["generations_done"] == 3
+    assert "token budget" in s["llm"]["retired"] and asked < 12
+    assert s["proposers"]["tune"]["proposed"] > 0  # search took the slots the LLM left
+
+
+def test_wall_cap_stops_cleanly(tmp_path):
+    s, _ = run(config(None, budget=Budget(wall_s=0.0)), tmp_path / "r")
+    assert s["stopped"] and "wall-time budget" in s["stopped"]
+    assert s["generations_done"] == 0 and s["seed_objective"] is not None
 
 
 def test_a_config_change_is_not_resumed_silently(tmp_path):
-    from flows.evolution.engine import EvolutionError
-
     run(config(None, generations=1, population=1), tmp_path / "r")
     with pytest.raises(EvolutionError, match="another configuration"):
-        Evolution(config(None, generations=2, population=1, seed=5), tmp_path / "r")
+        run(config(None, generations=2, population=1, seed=5), tmp_path / "r")
 
 
 def test_hostile_sources_are_judged_in_the_sandbox_not_here(tmp_path):

@@ -19,7 +19,7 @@ from sandbox_support import process_backend
 
 from flows.evolution import llm_local
 from flows.evolution.config import LLMConfig, ModelChoice
-from flows.evolution.engine import Evolution
+from flows.evolution.run import run_evolution
 from flows.evolution.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a real model on two shared cores: minutes per answer
 def test_one_short_run_with_the_local_model(tmp_path):
     process_backend().close()
     port = _free_port()
@@ -63,21 +64,17 @@ def test_one_short_run_with_the_local_model(tmp_path):
         llm = LLMConfig(
             base_url=url,
             models=(ModelChoice("qwen2.5-coder-0.5b-instruct"),),
-            max_tokens=768,
-            timeout_s=300,
+            max_tokens=384,  # an edit, not a module
+            timeout_s=1200,  # two cores shared with the sandbox and whatever else runs
             max_retries=1,
         )
         cfg = config(None, generations=1, population=1, islands=1, llm=llm, tune_trials=0)
         tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        evo = Evolution(cfg, tmp_path / "run", tracker=tracker)
-        try:
-            summary = evo.run()
-        finally:
-            evo.close()
+        summary = run_evolution(cfg, tmp_path / "run", tracker=tracker)
     finally:
         server.terminate()
         server.wait(30)
-    assert summary["llm_tokens"] > 0 and summary["candidates"] == 1
+    assert summary["llm_tokens"] > 0 and summary["llm"]["proposed"] == 1
     runs = tracker.client.search_runs(
         [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{summary['mlflow_run_id']}'"
     )

@@ -103,3 +103,14 @@ def test_model_choice_follows_weights():
     rng = random.Random(0)
     picks = [pick_model(models, rng).name for _ in range(2000)]
     assert "z" not in picks and 0.7 < picks.count("a") / 2000 < 0.8
+
+
+def test_the_edit_grammar_is_sent_only_when_asked_for():
+    from flows.evolution.edits import ANSWER_GRAMMAR
+
+    with LLMDouble(lambda u: [{"content": "ok"}]) as d:
+        for grammar in (False, True):
+            p, _ = proposer(d.url, grammar=grammar)
+            p.complete(MSG, MODEL, seed=1)
+            p.close()
+    assert "grammar" not in d.calls[0] and d.calls[1]["grammar"] == ANSWER_GRAMMAR

@@ -8,7 +8,7 @@ from prefect_support import offline_prefect
 from sandbox_support import process_backend
 
 from flows.evolution.archive import Archive, Candidate
-from flows.evolution.engine import Evolution
+from flows.evolution.run import open_evolution
 from flows.evolution.tracking import MODEL_NAME, Tracker
 from serving.policy_loader import builtin_source
 
@@ -22,7 +22,7 @@ def tracker(tmp_path, monkeypatch):
 def test_run_candidates_plots_and_registry(tmp_path, tracker):
     process_backend().close()
     cfg = config(None, generations=1, population=2)
-    evo = Evolution(cfg, tmp_path / "run", tracker=tracker)
+    evo = open_evolution(cfg, tmp_path / "run", tracker=tracker)
     try:
         summary = evo.run()
     finally:
@@ -41,7 +41,9 @@ def test_run_candidates_plots_and_registry(tmp_path, tracker):
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "policy")}
     assert "policy/policy.py" in arts
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
-    assert {"plots/objective_per_generation.png", "plots/archive_map.png"} <= plots
+    assert {"plots/objective_per_generation.png", "plots/archive_map.png",
+            "plots/proposals_per_generation.png"} <= plots
+    assert "proposals.tune.proposed" in parent.data.metrics  # the generation report
 
     # Registration: a version with the tags and the alias, whose artifact is the source.
     c = evo.archive.best()

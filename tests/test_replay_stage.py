@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.evolution.archive import Candidate
+from flows.evolution import selection
+from flows.evolution.archive import Archive, Candidate
 from flows.evolution.cascade import Cascade, Outcome
 from flows.evolution.config import ConfirmStage, EvolutionConfig, Suite
-from flows.evolution.engine import Evolution
 from flows.evolution.journal import Journal
 from sandbox.backends import MARKER_ENV, leftover_processes
 from sandbox.replay_engines import EngineTarget, engines_cluster
@@ -250,31 +250,28 @@ def _cand(cid: str, quick: float, origin: str = "tune") -> Candidate:
     (2, 0.80, None),  # B trails the champion's replay by more than the tolerance
 ])
 def test_the_challenger_is_what_the_replay_confirmed(tmp_path, top_k, b_replayed, expected):
-    evo = Evolution(_confirming(top_k=top_k), tmp_path)
-    try:
-        champ = _cand("g000-s000", 0.80, "seed:least_outstanding")
-        a, b, c = _cand("g001-s000", 0.90), _cand("g001-s001", 0.85), _cand("g001-s002", 0.84)
-        for x in (champ, a, b, c):
-            evo.archive.record(x)
-        evo.champion = champ
-        replayed = {champ.source: Outcome(0.85), a.source: Outcome(None, stage="confirm:fault",
-                                                                   reason="route() raised"),
-                    b.source: Outcome(b_replayed)}
-        asked: list[str] = []
+    cfg = _confirming(top_k=top_k)
+    archive = Archive(cfg.islands, cfg.min_gain)
+    champ = _cand("g000-s000", 0.80, "seed:least_outstanding")
+    a, b, c = _cand("g001-s000", 0.90), _cand("g001-s001", 0.85), _cand("g001-s002", 0.84)
+    for x in (champ, a, b, c):
+        archive.record(x)
+    replayed = {champ.source: Outcome(0.85), a.source: Outcome(None, stage="confirm:fault",
+                                                               reason="route() raised"),
+                b.source: Outcome(b_replayed)}
+    asked: list[str] = []
 
-        def confirm(sources):
+    class Replayer:  # the cascade's replay stage, answered from the table above
+        def confirm(self, sources):
             asked.extend(sources)
             return [replayed[s] for s in sources]
 
-        evo.cascade.confirm = confirm
-        if top_k:
-            evo._confirm_stage()
-            assert asked == [champ.source, a.source, b.source]  # the top 2, not c
-            assert a.confirmed is None and a.confirmation["verdict"].startswith("confirm:fault")
-        chal = evo.challenger()
-        assert (chal.id if chal else None) == expected
-    finally:
-        evo.close()
+    if top_k:
+        selection.confirm_stage(cfg, archive, champ, Replayer(), None)
+        assert asked == [champ.source, a.source, b.source]  # the top 2, not c
+        assert a.confirmed is None and a.confirmation["verdict"].startswith("confirm:fault")
+    chal = selection.challenger(cfg, archive, champ)
+    assert (chal.id if chal else None) == expected
 
 
 def test_the_evolve_flow_takes_the_stage_as_json_settings():

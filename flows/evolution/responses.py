@@ -1,9 +1,8 @@
-"""Turn an LLM answer into a candidate module, robustly; hash candidates for duplicates.
+"""Source-level tools for candidates: unified diffs, duplicate hashing, baking tuned values.
 
-An answer may hold a whole module (fenced or not, possibly among prose and
-several code blocks) or a unified diff against the parent. Anything else is a
-``ResponseError`` with a one-line reason that goes back into later prompts.
-Nothing here executes the candidate: parsing uses ``ast`` only.
+``drafts`` turns an LLM answer into a candidate with these (and ``edits``); a
+diff that does not apply is a ``ResponseError`` with a one-line reason that goes
+back to the model. Nothing here executes the candidate: parsing uses ``ast`` only.
 """
 
 from __future__ import annotations
@@ -13,77 +12,11 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-MAX_SOURCE_CHARS = 40_000
-
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
 class ResponseError(ValueError):
-    """The answer holds no usable candidate; the message says why in one line."""
-
-
-def extract_candidate(text: object, parent: str | None = None) -> tuple[str, str]:
-    """The candidate module in ``text``: ``(source, kind)``, kind "module" or "diff"."""
-    if not isinstance(text, str) or not text.strip():
-        raise ResponseError("empty answer")
-    text = text.replace("\r\n", "\n").replace("\x00", "")
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
-    diffs = [b for lang, b in blocks if lang in ("diff", "patch") or _looks_like_diff(b)]
-    if not blocks and _looks_like_diff(text):
-        diffs = [text]
-    if diffs and parent is not None:
-        errors = []
-        for d in diffs:
-            try:
-                return _checked(apply_unified_diff(parent, d)), "diff"
-            except ResponseError as e:
-                errors.append(str(e))
-        if not [b for lang, b in blocks if lang not in ("diff", "patch")]:
-            raise ResponseError(f"diff does not apply to the parent: {errors[0]}")
-    # The longest block that defines route() wins: models often show a snippet first.
-    modules = [b for lang, b in blocks if lang not in ("diff", "patch") and "def route" in b]
-    if not blocks and "def route" in text:
-        modules = [_strip_prose(text)]
-    if not modules:
-        raise ResponseError("no Python module defining route() and no applicable diff found")
-    errors = []
-    for body in sorted(modules, key=len, reverse=True):
-        try:
-            return _checked(body), "module"
-        except ResponseError as e:
-            errors.append(str(e))
-    raise ResponseError(errors[0])
-
-
-def _looks_like_diff(text: str) -> bool:
-    return bool(re.search(r"^@@ -\d+", text, re.M)) and bool(
-        re.search(r"^(---|\+\+\+) ", text, re.M)
-    )
-
-
-def _strip_prose(text: str) -> str:
-    # An unfenced answer: start at the first line that looks like Python module code.
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if re.match(r'(from |import |"""|def |[A-Z_]+ *[:=]|#)', line):
-            return "\n".join(lines[i:])
-    return text
-
-
-def _checked(source: str) -> str:
-    source = source.strip("\n") + "\n"
-    if len(source) > MAX_SOURCE_CHARS:
-        raise ResponseError(f"module is {len(source)} characters; the cap is {MAX_SOURCE_CHARS}")
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as e:
-        raise ResponseError(f"line {e.lineno}: SyntaxError: {e.msg}") from None
-    except (ValueError, RecursionError, MemoryError) as e:
-        raise ResponseError(f"cannot parse: {type(e).__name__}") from None
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "route" for n in tree.body):
-        raise ResponseError("module does not define route() at top level")
-    return source
+    """A diff that does not apply; the message says why in one line."""
 
 
 def apply_unified_diff(parent: str, diff: str) -> str:
@@ -181,6 +114,51 @@ def normalised_hash(source: str) -> str:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         text = "raw:" + source
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def behaviour_hash(source: str) -> str:
+    """``normalised_hash`` after dropping module constants nothing reads (and their PARAMS
+    entries): a child that only declares new, unused constants does what its parent does."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return normalised_hash(source)
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+            and isinstance(n.ctx, ast.Load)}
+    dead: set[str] = set()
+    body = []
+    for node in tree.body:
+        target = assignment(node)[0]
+        if target is not None and target != "PARAMS" and target not in read:
+            dead.add(target)
+            continue
+        body.append(node)
+    for node in body:
+        value = getattr(node, "value", None)
+        if assignment(node)[0] == "PARAMS" and isinstance(value, ast.Dict):
+            keep = [(k, v) for k, v in zip(value.keys, value.values, strict=False)
+                    if not (isinstance(k, ast.Constant) and k.value in dead)]
+            value.keys, value.values = [k for k, _ in keep], [v for _, v in keep]
+    tree.body = body
+    return normalised_hash(ast.unparse(tree))
+
+
+def assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """``(name, value)`` of a top-level ``NAME = value`` or ``NAME: T = value``, else Nones."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        t = node.targets[0]
+        return (t.id if isinstance(t, ast.Name) else None), node.value
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id, node.value
+    return None, None
+
+
+def is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(getattr(node, "value", None), ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def bake_params(source: str, params: Mapping[str, float]) -> str:

@@ -97,6 +97,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _numbers(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested summary, keyed by dotted path (lists and text left out)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _numbers(v, f"{prefix}{k}.")
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
 class Tracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -163,11 +174,18 @@ class Tracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
 
-    def generation(self, gen: int, best: float, mean: float, coverage: int, evals: int) -> None:
+    def generation(
+        self, gen: int, best: float, mean: float, coverage: int, evals: int,
+        proposals: dict[str, float] | None = None,
+    ) -> None:
+        """``proposals``: per proposer kind and stage, e.g. ``llm.evaluated``, this generation's."""
         assert self.run_id
         self._metrics(
             self.run_id,
-            dict(zip(GENERATION_SERIES, (best, mean, coverage, evals), strict=True)),
+            {
+                **dict(zip(GENERATION_SERIES, (best, mean, coverage, evals), strict=True)),
+                **{f"proposals.{k}": v for k, v in (proposals or {}).items()},
+            },
             step=gen,
         )
 
@@ -318,15 +336,11 @@ class Tracker:
         from flows.evolution import plots
 
         # The generation series end at their last generation: logged again at step 0
-        # here, the UI's charts would jump back.
+        # here, the UI's charts would jump back. Nested numbers are flattened
+        # (llm.proposed, proposers.tune.evaluated).
+        numbers = _numbers(summary)
         self._metrics(
-            self.run_id,
-            {
-                k: v
-                for k, v in summary.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-                and k not in GENERATION_SERIES
-            },
+            self.run_id, {k: v for k, v in numbers.items() if k not in GENERATION_SERIES}
         )
         self.client.set_tag(self.run_id, links.NOTE, describe_result(
             self.client.get_run(self.run_id).data.tags.get(links.NOTE, ""), summary))

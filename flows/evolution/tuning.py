@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import optuna
 
 from flows.evolution.cascade import Outcome
-from flows.evolution.responses import bake_params
+from flows.evolution.responses import assignment, bake_params
 from serving.contract import Param
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -38,7 +38,7 @@ def read_params(source: str) -> dict[str, tuple[Param, float]]:
     specs: dict[str, Param] = {}
     values: dict[str, float] = {}
     for node in tree.body:
-        target, value = _assignment(node)
+        target, value = assignment(node)
         if target == "PARAMS" and isinstance(value, ast.Dict):
             for k, v in zip(value.keys, value.values, strict=False):
                 spec = _param(v)
@@ -54,15 +54,6 @@ def read_params(source: str) -> dict[str, tuple[Param, float]]:
     return {
         k: (p, values[k]) for k, p in specs.items() if k in values and p.low <= values[k] <= p.high
     }
-
-
-def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        t = node.targets[0]
-        return (t.id if isinstance(t, ast.Name) else None), node.value
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return node.target.id, node.value
-    return None, None
 
 
 def _param(node: ast.expr) -> Param | None:
