@@ -217,6 +217,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         evolve_params = {"generations": cfg.generations, "population": cfg.population,
                          "tune_trials": cfg.tune_trials, "scale": cfg.scale,
                          "llm_base_url": cfg.llm_base_url, "seed": cfg.seed,
+                         # With an LLM, each slot waits for its answer: the demo shows
+                         # what the LLM proposes, whatever its speed on this machine.
+                         "llm_wait_s": None,
                          "seeds_policies": ["llmd_weighted", "power_of_two"],
                          "promote_params": {"admin_url": cluster.admin_url,
                                             "admin_token": cluster.admin_token,

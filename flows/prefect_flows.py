@@ -308,6 +308,7 @@ def evolve(
     scale: float = 0.05,
     llm_base_url: str | None = None,
     llm_model: str | None = None,
+    llm_wait_s: float | None = 0.0,
     backend: str = "process",
     parallel: int = 2,
     seed: int = 0,
@@ -348,6 +349,8 @@ def evolve(
         scale: Scenario size in (0, 1]; smaller is faster and noisier.
         llm_base_url: OpenAI-compatible endpoint that proposes code; empty: Optuna only.
         llm_model: Model name(s) at that endpoint, NAME[=weight],...
+        llm_wait_s: Seconds a slot waits for the LLM before search takes it (0: never);
+            null: every slot waits for one answer (reproducible, as slow as the LLM).
         backend: Sandbox of the evaluations: process (bubblewrap), docker or auto.
         parallel: Sandboxes at once.
         seed: Seed of every random choice (a rerun with the same seed is the same run).
@@ -384,6 +387,7 @@ def evolve(
         parallel=parallel,
         seed=seed,
         llm=LLMConfig.from_env(llm_base_url, llm_model) if llm_base_url else LLMConfig(),
+        llm_wait_s=llm_wait_s,
         confirm=_confirm_stage(confirm or {}),
     )
     if seeds_policies:
