@@ -37,6 +37,9 @@ class RouterAccounting:
     def ledger(self, replica_id: int) -> ReplicaLedger:
         return self._ledgers[replica_id]
 
+    def get(self, replica_id: int) -> ReplicaLedger | None:
+        return self._ledgers.get(replica_id)
+
     @staticmethod
     def request_tokens(request: Request) -> int:
         return request.prompt_tokens + request.max_output_tokens
@@ -53,21 +56,28 @@ class RouterAccounting:
             while len(prefixes) > ledger.prefix_capacity:
                 prefixes.popitem(last=False)
 
-    def on_finish(self, replica_id: int, request: Request) -> None:
+    def on_finish(self, replica_id: int, request: Request) -> bool:
+        """Count ``request`` out; False when its replica already left the accounting."""
         ledger = self._ledgers.get(replica_id)
         if ledger is None:
-            return
+            return False
         ledger.inflight_requests -= 1
         ledger.inflight_tokens -= self.request_tokens(request)
+        return True
 
     def prefix_overlap_blocks(self, replica_id: int, request: Request, block_size: int = 16) -> int:
         """Leading prompt blocks of ``request`` this replica has probably cached."""
-        if not request.prefix_hashes:
-            return 0
-        prefixes = self._ledgers[replica_id].prefixes
-        n = 0
-        for h in request.prefix_hashes:
-            if h not in prefixes:
-                break
-            n += 1
-        return min(n * request.prefix_block_tokens, request.prompt_tokens) // block_size
+        return overlap_blocks(self._ledgers[replica_id], request, block_size)
+
+
+def overlap_blocks(ledger: ReplicaLedger, request: Request, block_size: int = 16) -> int:
+    """Leading ``block_size``-token prompt blocks of ``request`` in ``ledger``'s prefix index."""
+    if not request.prefix_hashes:
+        return 0
+    prefixes = ledger.prefixes
+    n = 0
+    for h in request.prefix_hashes:
+        if h not in prefixes:
+            break
+        n += 1
+    return min(n * request.prefix_block_tokens, request.prompt_tokens) // block_size
