@@ -45,16 +45,7 @@ class RouterAccounting:
         return request.prompt_tokens + request.max_output_tokens
 
     def on_dispatch(self, replica_id: int, request: Request) -> None:
-        ledger = self._ledgers[replica_id]
-        ledger.inflight_requests += 1
-        ledger.inflight_tokens += self.request_tokens(request)
-        if request.prefix_hashes:
-            prefixes = ledger.prefixes
-            for h in request.prefix_hashes:
-                prefixes[h] = None
-                prefixes.move_to_end(h)
-            while len(prefixes) > ledger.prefix_capacity:
-                prefixes.popitem(last=False)
+        count_in(self._ledgers[replica_id], request)
 
     def on_finish(self, replica_id: int, request: Request) -> bool:
         """Count ``request`` out; False when its replica already left the accounting."""
@@ -68,6 +59,19 @@ class RouterAccounting:
     def prefix_overlap_blocks(self, replica_id: int, request: Request, block_size: int = 16) -> int:
         """Leading prompt blocks of ``request`` this replica has probably cached."""
         return overlap_blocks(self._ledgers[replica_id], request, block_size)
+
+
+def count_in(ledger: ReplicaLedger, request: Request) -> None:
+    """``request`` was dispatched to ``ledger``'s replica: count it and index its prefix."""
+    ledger.inflight_requests += 1
+    ledger.inflight_tokens += request.prompt_tokens + request.max_output_tokens
+    if request.prefix_hashes:
+        prefixes = ledger.prefixes
+        for h in request.prefix_hashes:
+            prefixes[h] = None
+            prefixes.move_to_end(h)
+        while len(prefixes) > ledger.prefix_capacity:
+            prefixes.popitem(last=False)
 
 
 def overlap_blocks(ledger: ReplicaLedger, request: Request, block_size: int = 16) -> int:

@@ -296,9 +296,9 @@ class Router:
             slot = core.slot(r.id)
             slot.state = self._state(r)  # type: ignore[assignment]
             slot.visible = not r.down
-            m, age = scraper.view(r.id, now)  # saturated when stale
-            total = m.kv_blocks_total or DEFAULT_KV_BLOCKS
-            at = now - (age if math.isfinite(age) else NEVER_SCRAPED_AGE_S)
+            m, _ = scraper.view(r.id, now)  # saturated when stale
+            total = m.kv_blocks_total or slot.kv_total  # else the catalogue's estimate
+            at = m.at if math.isfinite(m.at) else now - NEVER_SCRAPED_AGE_S
             core.observe(r.id, m.running, m.waiting, m.kv_blocks_used(total), at, total)
         plan = self.fleet.plan()
         if plan is not self._followed:
