@@ -18,15 +18,13 @@ from serving.policy_loader import builtin_source
 
 MICRO = Suite(("sandbox-micro",), (0,), 1.0)
 LO = builtin_source("least_outstanding")
+PICK = "kit.least_inflight(request, serving)"  # the line of the seed that answers edit
 
-GOOD_A = LO.replace(
-    "key = (r.inflight_requests, r.inflight_tokens, r.id)",
-    "key = (r.inflight_tokens, r.inflight_requests, r.id)",
-)
+GOOD_A = LO.replace(PICK, "kit.argmin(serving, kit.inflight_tokens(request, serving))")
 GOOD_B = LO.replace(
-    "key = (r.inflight_requests, r.inflight_tokens, r.id)",
-    "key = (r.inflight_requests + r.waiting, r.kv_usage, r.id)",
+    PICK, "kit.argmin(serving, kit.waiting(request, serving), kit.kv_use(request, serving))"
 )
+assert LO != GOOD_A != GOOD_B != LO
 HOSTILE = {
     "escape": "import os\n\ndef route(request, replicas, now):\n"
     "    os.system('id')\n    return 0\n",
@@ -42,8 +40,9 @@ def script(population: int):
     """Per slot: a fixed mix of good, diff, broken, hostile, garbage, 429 and 5xx answers."""
     diff = (
         "```diff\n--- a/policy.py\n+++ b/policy.py\n@@ -1,1 +1,1 @@\n"
-        "-        key = (r.inflight_requests, r.inflight_tokens, r.id)\n"
-        "+        key = (r.inflight_requests, -r.prefix_overlap_blocks, r.id)\n```\n"
+        f"-    return {PICK} if serving else HOLD\n"
+        "+    return kit.argmin(serving, kit.prefix_miss(request, serving)) if serving else HOLD\n"
+        "```\n"
     )
     menu = [
         [{"content": fenced(GOOD_A)}],

@@ -38,7 +38,8 @@ def test_unclosed_fence_is_still_read():
 
 
 def test_unified_diff_against_parent_applies_even_with_wrong_line_numbers():
-    child = PARENT.replace("r.inflight_tokens, r.id", "r.kv_blocks_used, r.id")
+    child = PARENT.replace("kit.least_inflight(request, serving)", "kit.uniform(serving)")
+    assert child != PARENT
     diff = unified_diff(PARENT, child).replace("@@ -1", "@@ -7")
     src, kind = extract_candidate(f"```diff\n{diff}```", PARENT)
     assert kind == "diff" and src.strip() == child.strip()
