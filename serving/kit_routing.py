@@ -46,7 +46,11 @@ def serving_only(replicas: Replicas) -> list[ReplicaView]:
 
 def kv_at_most(replicas: Replicas, limit: float) -> list[ReplicaView]:
     """Replicas whose KV-cache use (0..1) is at most ``limit``."""
-    return [r for r in replicas if r.kv_usage <= limit]
+    return [
+        r
+        for r in replicas
+        if (r.kv_blocks_used / r.kv_blocks_total if r.kv_blocks_total else 1.0) <= limit
+    ]
 
 
 def waiting_at_most(replicas: Replicas, limit: float) -> list[ReplicaView]:
@@ -117,7 +121,8 @@ def inflight_per_weight(request: Request, replicas: Replicas) -> list[float]:
 
 def kv_use(request: Request, replicas: Replicas) -> list[float]:
     """KV-cache use of each replica, 0 (empty) .. 1 (full)."""
-    return [r.kv_usage for r in replicas]
+    # ReplicaView.kv_usage inlined: a property call per replica triples the cost.
+    return [r.kv_blocks_used / r.kv_blocks_total if r.kv_blocks_total else 1.0 for r in replicas]
 
 
 def prefix_miss(request: Request, replicas: Replicas) -> list[float]:
@@ -152,11 +157,11 @@ def est_ttft(request: Request, replicas: Replicas) -> list[float]:
     KV router and llm-d's precise prefix scorer approximate. Ignores decode load.
     """
     prompt, block = request.prompt_tokens, request.prefix_block_tokens
-    out = []
-    for r in replicas:
-        new = prompt - r.prefix_overlap_blocks * block
-        out.append(((new if new > 0 else 0) + r.queued_prefill_tokens) / max(r.prefill_tps, 1.0))
-    return out
+    return [
+        (max(prompt - r.prefix_overlap_blocks * block, 0) + r.queued_prefill_tokens)
+        / (r.prefill_tps or 1.0)
+        for r in replicas
+    ]
 
 
 # --- normalisation and combination -------------------------------------------------------
@@ -178,13 +183,15 @@ def by_max(values: Costs) -> list[float]:
 
 def weighted(*terms: tuple[float, Costs]) -> list[float]:
     """Sum of weight * costs, replica by replica: weighted((2, a), (0.5, b))."""
-    n = len(terms[0][1])
-    total = [0.0] * n
+    total: list[float] | None = None
     for w, costs in terms:
-        if w:
-            for i in range(n):
-                total[i] += w * costs[i]
-    return total
+        if not w:
+            continue  # a zero weight switches its term off, whatever its costs
+        if total is None:
+            total = [w * c for c in costs]
+        else:
+            total = [t + w * c for t, c in zip(total, costs, strict=True)]
+    return total if total is not None else [0.0] * len(terms[0][1])
 
 
 # --- pickers: return a replica id ----------------------------------------------------------
@@ -192,14 +199,9 @@ def weighted(*terms: tuple[float, Costs]) -> list[float]:
 
 def argmin(replicas: Replicas, costs: Costs, *then: Costs) -> int:
     """Id of the lowest cost; ties go to the next cost lists in ``then``, then the lowest id."""
-    best = None
-    for i, r in enumerate(replicas):
-        key = (costs[i], *[t[i] for t in then], r.id)
-        if best is None or key < best:
-            best = key
-    if best is None:
+    if not replicas:
         raise ValueError("argmin of no replicas")
-    return best[-1]
+    return replicas[_lowest(costs, then, replicas)].id
 
 
 def least_inflight(request: Request, replicas: Replicas) -> int:
@@ -256,15 +258,10 @@ def power_of_k(request: Request, replicas: Replicas, k: int, *scorers) -> int:
     the sample order (random).
     """
     picked = sample(replicas, k)
-    lists = [s(request, picked) for s in scorers]
-    best = None
-    for i, r in enumerate(picked):
-        key = (*[costs[i] for costs in lists], i)
-        if best is None or key < best[0]:
-            best = (key, r.id)
-    if best is None:
+    if not picked:
         raise ValueError("power_of_k of no replicas")
-    return best[1]
+    first, *then = [score(request, picked) for score in scorers]
+    return picked[_lowest(first, then)].id
 
 
 def uniform(replicas: Replicas) -> int:
@@ -325,6 +322,26 @@ def any_inflight_below(replicas: Replicas, limit: float) -> bool:
 def ttft_within(request: Request, replicas: Replicas, seconds: float) -> bool:
     """Admit when the best ``est_ttft`` over the replicas is at most ``seconds``."""
     return min(est_ttft(request, replicas)) <= seconds
+
+
+def _lowest(costs: Costs, then: Sequence[Costs], replicas: Replicas | None = None) -> int:
+    """Index of the lowest (cost, *then); remaining ties to the lowest id if ``replicas``
+    are given, else to the first. A flat loop: no tuple per replica on the hot path."""
+    best = 0
+    for i in range(1, len(costs)):
+        c, b = costs[i], costs[best]
+        if c < b:
+            best = i
+        elif c == b:
+            for t in then:
+                if t[i] != t[best]:
+                    if t[i] < t[best]:
+                        best = i
+                    break
+            else:
+                if replicas is not None and replicas[i].id < replicas[best].id:
+                    best = i
+    return best
 
 
 def _fnv(text: str) -> int:
