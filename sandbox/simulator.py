@@ -209,6 +209,11 @@ class Simulation:
         )
         return r
 
+    def _set_state(self, r: _Replica, state: str) -> None:
+        """The replica's lifecycle, and what the router sees of it (pending looks starting)."""
+        r.state = state
+        self.core.slot(r.id).state = "starting" if state == "pending" else state  # type: ignore[assignment]
+
     def _free_gpus(self, gpu: str) -> int:
         held = sum(r.spec.tp for r in self.replicas.values() if r.holds_gpus and r.spec.gpu == gpu)
         return self.pool.get(gpu, 0) - held
@@ -220,8 +225,7 @@ class Simulation:
 
     def _bring_up(self, r: _Replica, warm: bool = False) -> None:
         self._account_gpus()
-        r.state = "starting"
-        self.core.slot(r.id).state = "starting"
+        self._set_state(r, "starting")
         cold = self._specs[r.spec].cold_start_s
         if warm:
             self._on_ready(r.id)
@@ -244,8 +248,7 @@ class Simulation:
             r.kv_blocks,
             reference=self.reference,
         )
-        r.state = "serving"
-        self.core.slot(rid).state = "serving"
+        self._set_state(r, "serving")
         self.core.observe(rid, 0, 0, 0, self.now)
         self._drain_queue()
 
@@ -296,7 +299,7 @@ class Simulation:
                     self._account_gpus()
                     self._requeue([seq.rid for seq in r.engine.abort()])
                     r.engine = None
-                r.state = "pending"
+                self._set_state(r, "pending")
                 self._bring_up(r)
         self._drain_queue()
 
@@ -481,8 +484,7 @@ class Simulation:
             if r.state in ("pending", "starting") or r.engine is None:
                 self._retire(r)
             else:
-                r.state = "draining"
-                self.core.slot(rid).state = "draining"
+                self._set_state(r, "draining")
                 if r.engine.idle and not r.engine.waiting:
                     self._retire(r)
         self._start_pending()
