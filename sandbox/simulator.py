@@ -325,6 +325,8 @@ class Simulation:
         """
         try:
             if arrival is None:
+                if not self.core.held:  # the common case after an engine step: nothing waits
+                    return
                 decided = self.core.drain(self.now, self._decide)
             else:
                 _, decided = self.core.arrive(arrival, self.now, self._decide)

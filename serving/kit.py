@@ -83,7 +83,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "waiting", "running", "inflight", "inflight_tokens", "inflight_per_weight", "kv_use",
         "prefix_miss", "session_miss", "gpu_slowness", "est_ttft")),
     ("normalise and combine cost lists", ("minmax", "by_max", "weighted")),
-    ("pickers (-> replica id)", (
+    ("pickers (-> id of a serving replica; HOLD when none serves)", (
         "least_inflight", "argmin", "argmin_random", "softmax", "power_of_k", "uniform",
         "rotate", "session_home")),
     ("checks and admission (-> bool; False: return HOLD)", (

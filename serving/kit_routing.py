@@ -10,8 +10,9 @@ reading their code:
 - a scorer takes ``(request, replicas)`` and returns one cost per replica, in
   order, **lower is better**; it never looks at other replicas' values unless
   its docstring says so;
-- a picker returns a replica id; pickers never see an empty list in the
-  baselines (they hold first), and raise ``ValueError`` on one;
+- a picker returns the id of a *serving* replica: it passes over any other in
+  its list, and returns HOLD (None) when none serves -- a composition can never
+  name a starting or draining replica;
 - randomness comes from the ``random`` module's global generator, which the
   simulator seeds (the baselines' exact draws are preserved).
 
@@ -27,7 +28,7 @@ from random import choice as _choice
 from random import random as _random
 from random import sample as _sample
 
-from serving.contract import ReplicaView, Request
+from serving.contract import HOLD, ReplicaView, Request
 
 Replicas = Sequence[ReplicaView]
 Costs = Sequence[float]
@@ -194,46 +195,45 @@ def weighted(*terms: tuple[float, Costs]) -> list[float]:
     return total if total is not None else [0.0] * len(terms[0][1])
 
 
-# --- pickers: return a replica id ----------------------------------------------------------
+# --- pickers: return the id of a serving replica, or HOLD ---------------------------------
 
 
-def argmin(replicas: Replicas, costs: Costs, *then: Costs) -> int:
+def argmin(replicas: Replicas, costs: Costs, *then: Costs) -> int | None:
     """Id of the lowest cost; ties go to the next cost lists in ``then``, then the lowest id."""
-    if not replicas:
-        raise ValueError("argmin of no replicas")
-    return replicas[_lowest(costs, then, replicas)].id
+    best = _lowest(replicas, costs, then, by_id=True)
+    return replicas[best].id if best >= 0 else HOLD
 
 
-def least_inflight(request: Request, replicas: Replicas) -> int:
+def least_inflight(request: Request, replicas: Replicas) -> int | None:
     """Id with the fewest requests in flight, then fewest tokens, then lowest id.
 
     Least outstanding requests: the baseline every routing policy must beat.
     """
     best = None
     for r in replicas:
+        if r.state != "serving":
+            continue
         key = (r.inflight_requests, r.inflight_tokens, r.id)
         if best is None or key < best:
             best = key
-    if best is None:
-        raise ValueError("least_inflight of no replicas")
-    return best[2]
+    return HOLD if best is None else best[2]
 
 
-def argmin_random(replicas: Replicas, costs: Costs, tolerance: float = TIE_TOLERANCE) -> int:
+def argmin_random(replicas: Replicas, costs: Costs, tolerance: float = TIE_TOLERANCE) -> int | None:
     """Id of the lowest cost, at random among those tied within ``tolerance``."""
     best_cost = None
     best: list[int] = []
     for r, c in zip(replicas, costs, strict=True):
+        if r.state != "serving":
+            continue
         if best_cost is None or c < best_cost - tolerance:
             best_cost, best = c, [r.id]
         elif c <= best_cost + tolerance:
             best.append(r.id)
-    if not best:
-        raise ValueError("argmin_random of no replicas")
-    return _choice(best)
+    return _choice(best) if best else HOLD
 
 
-def softmax(replicas: Replicas, costs: Costs, temperature: float) -> int:
+def softmax(replicas: Replicas, costs: Costs, temperature: float) -> int | None:
     """Id drawn with probability ~ exp(-cost / temperature); temperature <= 0: argmin.
 
     Spreads load over near-equal replicas instead of herding onto one (NVIDIA
@@ -241,38 +241,42 @@ def softmax(replicas: Replicas, costs: Costs, temperature: float) -> int:
     """
     if temperature <= 0:
         return argmin(replicas, costs)
-    lo = min(costs)
-    odds = [exp(-(c - lo) / temperature) for c in costs]
+    pairs = [(r, c) for r, c in zip(replicas, costs, strict=True) if r.state == "serving"]
+    if not pairs:
+        return HOLD
+    lo = min(c for _, c in pairs)
+    odds = [exp(-(c - lo) / temperature) for _, c in pairs]
     x = _random() * sum(odds)
-    for r, o in zip(replicas, odds, strict=True):
+    for (r, _), o in zip(pairs, odds, strict=True):
         x -= o
         if x < 0:
             return r.id
-    return replicas[-1].id
+    return pairs[-1][0].id
 
 
-def power_of_k(request: Request, replicas: Replicas, k: int, *scorers) -> int:
+def power_of_k(request: Request, replicas: Replicas, k: int, *scorers) -> int | None:
     """Id lowest on ``scorers`` among ``k`` random replicas (power of k choices).
 
     ``scorers`` are scorer functions (kit.inflight, ...), later ones break ties, then
     the sample order (random).
     """
-    picked = sample(replicas, k)
+    picked = sample(serving_only(replicas), k)
     if not picked:
-        raise ValueError("power_of_k of no replicas")
+        return HOLD
     first, *then = [score(request, picked) for score in scorers]
-    return picked[_lowest(first, then)].id
+    return picked[_lowest(picked, first, then, by_id=False)].id
 
 
-def uniform(replicas: Replicas) -> int:
+def uniform(replicas: Replicas) -> int | None:
     """Id of a replica drawn uniformly at random."""
-    return _choice([r.id for r in replicas])
+    ids = [r.id for r in replicas if r.state == "serving"]
+    return _choice(ids) if ids else HOLD
 
 
-def rotate(replicas: Replicas, n: int) -> int:
+def rotate(replicas: Replicas, n: int) -> int | None:
     """Id of the ``n``-th replica (mod their number) in id order: round robin with a counter."""
-    ids = sorted(r.id for r in replicas)
-    return ids[n % len(ids)]
+    ids = sorted(r.id for r in replicas if r.state == "serving")
+    return ids[n % len(ids)] if ids else HOLD
 
 
 def session_home(request: Request, replicas: Replicas, load_factor: float) -> int | None:
@@ -282,10 +286,11 @@ def session_home(request: Request, replicas: Replicas, load_factor: float) -> in
     ``load_factor`` x the mean in-flight + 1 is passed over. None without a session
     or when every replica is over that bound.
     """
-    if not request.session_id:
+    serving = serving_only(replicas)
+    if not request.session_id or not serving:
         return None
-    ranked = sorted(replicas, key=lambda r: _fnv(f"{request.session_id}/{r.id}"), reverse=True)
-    mean = sum(r.inflight_requests for r in replicas) / len(replicas)
+    ranked = sorted(serving, key=lambda r: _fnv(f"{request.session_id}/{r.id}"), reverse=True)
+    mean = sum(r.inflight_requests for r in serving) / len(serving)
     cap = load_factor * mean + 1  # +1: an idle cluster still takes the session's first request
     for r in ranked:
         if r.inflight_requests <= cap:
@@ -324,11 +329,16 @@ def ttft_within(request: Request, replicas: Replicas, seconds: float) -> bool:
     return min(est_ttft(request, replicas)) <= seconds
 
 
-def _lowest(costs: Costs, then: Sequence[Costs], replicas: Replicas | None = None) -> int:
-    """Index of the lowest (cost, *then); remaining ties to the lowest id if ``replicas``
-    are given, else to the first. A flat loop: no tuple per replica on the hot path."""
-    best = 0
-    for i in range(1, len(costs)):
+def _lowest(replicas: Replicas, costs: Costs, then: Sequence[Costs], by_id: bool) -> int:
+    """Index of the serving replica lowest on (cost, *then), -1 if none serves; remaining
+    ties to the lowest id (``by_id``) or the first. A flat loop: no tuple per replica."""
+    best = -1
+    for i, r in enumerate(replicas):
+        if r.state != "serving":
+            continue
+        if best < 0:
+            best = i
+            continue
         c, b = costs[i], costs[best]
         if c < b:
             best = i
@@ -339,7 +349,7 @@ def _lowest(costs: Costs, then: Sequence[Costs], replicas: Replicas | None = Non
                         best = i
                     break
             else:
-                if replicas is not None and replicas[i].id < replicas[best].id:
+                if by_id and r.id < replicas[best].id:
                     best = i
     return best
 

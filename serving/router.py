@@ -295,7 +295,7 @@ class Router:
         for r in self.replicas.values():
             slot = core.slot(r.id)
             slot.state = self._state(r)  # type: ignore[assignment]
-            slot.visible = not r.down
+            core.set_visible(r.id, not r.down)
             m, _ = scraper.view(r.id, now)  # saturated when stale
             total = m.kv_blocks_total or slot.kv_total  # else the catalogue's estimate
             at = m.at if math.isfinite(m.at) else now - NEVER_SCRAPED_AGE_S

@@ -108,21 +108,27 @@ class Slot:
     """One replica as the router sees it: the core's whole per-replica record."""
 
     id: int
-    spec: ReplicaSpec
+    gpu: str
+    tp: int
     ledger: ReplicaLedger
     kv_total: int
     prefill_tps: float
     state: ReplicaState = "starting"
     visible: bool = True
-    """False while the host cannot reach it (the live router's ``down``): in no view."""
+    """False while the host cannot reach it (the live router's ``down``): in no view.
+    Set through ``RoutingCore.set_visible``, which keeps count of the hidden."""
     running: int = 0
     waiting: int = 0
     kv_used: int = 0
     snap_at: float = 0.0
     weight: float = 1.0
-    backlog: float = 0.0
-    """Uncached prompt tokens dispatched here and not yet prefilled, as of ``backlog_at``."""
-    backlog_at: float = 0.0
+    prefilled_at: float = 0.0
+    """When the uncached prompt tokens dispatched here will have been prefilled, at
+    ``prefill_tps``: the router's estimate of its prefill backlog, as one number."""
+
+    @property
+    def spec(self) -> ReplicaSpec:
+        return ReplicaSpec(self.gpu, self.tp)
 
 
 @dataclass(slots=True, eq=False)
@@ -209,6 +215,7 @@ class RoutingCore:
         """Requests dispatched and not finished, over the replicas still here."""
         self._slots: list[Slot] = []  # in id order: views come sorted by id
         self._by_id: dict[int, Slot] = {}
+        self._hidden = 0  # slots not visible: views filter only when there are any
 
     # -- replicas ---------------------------------------------------------------------
     def add_replica(
@@ -224,7 +231,8 @@ class RoutingCore:
         self.accounting.add_replica(replica_id, prefix_capacity)
         slot = Slot(
             replica_id,
-            spec,
+            spec.gpu,
+            spec.tp,
             self.accounting.ledger(replica_id),
             kv_blocks,
             prefill_rate(self.model, spec.gpu, spec.tp, self.engine),
@@ -242,9 +250,17 @@ class RoutingCore:
         slot = self._by_id.pop(replica_id, None)
         if slot is None:
             return
+        if not slot.visible:
+            self._hidden -= 1
         self._slots.remove(slot)
         self.inflight -= slot.ledger.inflight_requests
         self.accounting.remove_replica(replica_id)
+
+    def set_visible(self, replica_id: int, visible: bool) -> None:
+        slot = self._by_id[replica_id]
+        if slot.visible != visible:
+            slot.visible = visible
+            self._hidden += -1 if visible else 1
 
     def slot(self, replica_id: int) -> Slot:
         return self._by_id[replica_id]
@@ -279,13 +295,15 @@ class RoutingCore:
     # -- accounting -------------------------------------------------------------------
     def dispatch(self, replica_id: int, request: Request, now: float, overlap: int = 0) -> None:
         """``request`` goes to ``replica_id`` now (``overlap`` blocks of it cached there)."""
-        slot = self._by_id[replica_id]
+        self._count_in(self._by_id[replica_id], request, now, overlap)
+
+    def _count_in(self, slot: Slot, request: Request, now: float, overlap: int) -> None:
         count_in(slot.ledger, request)
         self.inflight += 1
-        backlog = slot.backlog - slot.prefill_tps * (now - slot.backlog_at)
         uncached = request.prompt_tokens - overlap * self.engine.block_size
-        slot.backlog = (backlog if backlog > 0.0 else 0.0) + (uncached if uncached > 0 else 0)
-        slot.backlog_at = now
+        if uncached > 0:
+            start = slot.prefilled_at if slot.prefilled_at > now else now
+            slot.prefilled_at = start + uncached / slot.prefill_tps
 
     def finish(self, replica_id: int, request: Request) -> None:
         """``request`` left ``replica_id`` (finished, failed, or sent elsewhere)."""
@@ -299,18 +317,19 @@ class RoutingCore:
         """What a policy sees for ``request`` (None: the cluster view) at ``now``."""
         with_prefix = request is not None and bool(request.prefix_hashes)
         block = self.engine.block_size
+        slots = self._slots
+        if self._hidden or exclude:
+            slots = [s for s in slots if s.visible and s.id not in exclude]
         out = []
-        for s in self._slots:
-            if not s.visible or (exclude and s.id in exclude):
-                continue
+        for s in slots:
             ledger = s.ledger
-            queued = s.backlog - s.prefill_tps * (now - s.backlog_at)
+            queued = (s.prefilled_at - now) * s.prefill_tps
             # tuple.__new__ skips the named tuple's Python-level __new__: one frame less
             # per replica per decision, on the simulator's hottest line.
             fields = (
                 s.id,
-                s.spec.gpu,
-                s.spec.tp,
+                s.gpu,
+                s.tp,
                 s.state,
                 s.running,
                 s.waiting,
@@ -372,6 +391,8 @@ class RoutingCore:
         """
         held = self.held
         dispatched: list[tuple[Held, int]] = []
+        if not held:
+            return dispatched
         limit = self.admission_limit
         passed = i = 0
         while i < len(held):
@@ -387,28 +408,41 @@ class RoutingCore:
                 if not entry.exclude:
                     break  # no replica serves at all: nothing can be dispatched
                 chosen = None
+            slot = None
             if chosen is not None:
                 choice = decide(request, views, now)
-                chosen = None if choice is HOLD else _chosen_view(choice, views)
-            if chosen is None:
+                if choice is not HOLD:
+                    slot = self._chosen_slot(choice, views, entry.exclude)
+            if slot is None:
                 passed += 1
                 if passed > self.skip_ahead:
                     break
                 i += 1
                 continue
             del held[i]
-            self.dispatch(chosen.id, request, now, chosen.prefix_overlap_blocks)
-            dispatched.append((entry, chosen.id))
+            overlap = 0
+            if request.prefix_hashes:
+                overlap = next(v.prefix_overlap_blocks for v in views if v.id == slot.id)
+            self._count_in(slot, request, now, overlap)
+            dispatched.append((entry, slot.id))
         return dispatched
 
+    def _chosen_slot(self, choice: object, views: tuple[ReplicaView, ...],
+                     exclude: frozenset[int]) -> Slot:  # fmt: skip
+        """The slot of the serving replica ``choice`` names; InvalidChoice when it names none.
 
-def _chosen_view(choice: object, views: tuple[ReplicaView, ...]) -> ReplicaView:
-    """The serving view ``choice`` names; InvalidChoice when it names none."""
-    if type(choice) is int:  # the common case, checked without building a message
-        for v in views:
-            if v.id == choice and v.state == "serving":
-                return v
-    problem = choice_problem(choice, views)
-    if problem is not None:
-        raise InvalidChoice(problem)
-    return next(v for v in views if v.id == choice)
+        The same answer as ``choice_problem`` over ``views`` (built from these slots a
+        moment ago), in a dict lookup for the common case of a plain, valid int.
+        """
+        slot = self._by_id.get(choice) if type(choice) is int else None  # True is not 1 here
+        if (
+            slot is not None
+            and slot.visible
+            and slot.state == "serving"
+            and not (exclude and choice in exclude)
+        ):
+            return slot
+        problem = choice_problem(choice, views)
+        if problem is not None:
+            raise InvalidChoice(problem)
+        return self._by_id[int(choice)]  # type: ignore[call-overload]  # a numpy integer

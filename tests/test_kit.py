@@ -225,32 +225,37 @@ def test_weighted():
 
 
 def test_least_inflight():
-    assert kit.least_inflight(req(), R) == 2  # 2 in flight, fewer tokens than replica 1
+    assert kit.least_inflight(req(), R[:2]) == 1  # 2 in flight vs 4
     assert kit.least_inflight(req(), [rv(4, inflight=1), rv(3, inflight=1)]) == 3
-    with pytest.raises(ValueError):
-        kit.least_inflight(req(), [])
+    assert kit.least_inflight(req(), [rv(0, tokens=5), rv(1, tokens=1)]) == 1
+    # Pickers pass over replicas that are not serving; none serving: HOLD.
+    assert kit.least_inflight(req(), R) == 1  # replica 2 (2 in flight) is only starting
+    assert kit.least_inflight(req(), [R[2]]) is None and kit.least_inflight(req(), []) is None
 
 
 def test_argmin():
     assert kit.argmin(R, [1.0, 1.0, 2.0]) == 0  # tie: lower id
     assert kit.argmin(R, [1.0, 1.0, 2.0], [5, 4, 0]) == 1  # tie: the next costs decide
     assert kit.argmin([rv(7), rv(3)], [0.0, 0.0]) == 3
-    with pytest.raises(ValueError):
-        kit.argmin([], [])
+    assert kit.argmin(R, [1.0, 2.0, 0.0]) == 0  # replica 2 is starting: never chosen
+    assert kit.argmin([], []) is None and kit.argmin([R[2]], [0.0]) is None
 
 
 def test_argmin_random():
-    picks = Counter(kit.argmin_random(R, [1.0, 1.0 + 1e-12, 2.0]) for _ in range(200))
-    assert set(picks) == {0, 1}
+    picks = Counter(kit.argmin_random(R, [1.0, 1.0 + 1e-12, 1.0]) for _ in range(200))
+    assert set(picks) == {0, 1}  # replica 2 ties too, but is starting
     assert {kit.argmin_random(R, [1.0, 0.5, 2.0]) for _ in range(20)} == {1}
+    assert kit.argmin_random([R[2]], [0.0]) is None
 
 
 def test_softmax():
-    assert kit.softmax(R, [1.0, 0.0, 5.0], 0.0) == 1  # temperature 0: argmin
-    picks = Counter(kit.softmax(R, [1.0, 0.0, 5.0], 1.0) for _ in range(4000))
-    # P ~ exp(-cost): e^-1, 1, e^-5 over their sum = 0.268 / 0.727 / 0.005
+    reps = [rv(0), rv(1), rv(2), rv(3, state="draining")]
+    assert kit.softmax(reps, [1.0, 0.0, 5.0, -9.0], 0.0) == 1  # temperature 0: argmin
+    picks = Counter(kit.softmax(reps, [1.0, 0.0, 5.0, -9.0], 1.0) for _ in range(4000))
+    # P ~ exp(-cost): e^-1, 1, e^-5 over their sum = 0.268 / 0.727 / 0.005; never draining
     assert picks[1] / 4000 == pytest.approx(0.727, abs=0.04)
     assert picks[0] / 4000 == pytest.approx(0.268, abs=0.04) and picks[2] < 60
+    assert 3 not in picks and kit.softmax([R[2]], [0.0], 1.0) is None
 
 
 def test_power_of_k():
@@ -258,14 +263,18 @@ def test_power_of_k():
     picks = Counter(kit.power_of_k(req(), reps, 2, kit.inflight) for _ in range(300))
     assert 0 not in picks and picks[1] > picks[2] > 0
     assert {kit.power_of_k(req(), reps, 3, kit.inflight) for _ in range(20)} == {1}
+    assert kit.power_of_k(req(), [R[2]], 2, kit.inflight) is None
 
 
 def test_uniform():
-    assert set(Counter(kit.uniform(R) for _ in range(300))) == {0, 1, 2}
+    assert set(Counter(kit.uniform(R) for _ in range(300))) == {0, 1}  # 2 is starting
+    assert kit.uniform([R[2]]) is None
 
 
 def test_rotate():
     assert [kit.rotate([rv(5), rv(2), rv(9)], n) for n in range(4)] == [2, 5, 9, 2]
+    assert kit.rotate([rv(5), rv(2, state="draining")], 1) == 5
+    assert kit.rotate([R[2]], 0) is None
 
 
 def test_session_home():
@@ -276,6 +285,8 @@ def test_session_home():
     # The home far above the mean (cap = 1.25 * mean + 1): the session moves on.
     hot = [rv(i, inflight=30 if i == home else 2) for i in range(4)]
     assert kit.session_home(req(session="user-42"), hot, 1.25) not in (None, home)
+    gone = [rv(i, state="draining" if i == home else "serving") for i in range(4)]
+    assert kit.session_home(req(session="user-42"), gone, 1.25) not in (None, home)
 
 
 # --- checks and admission ---

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from serving.contract import DEFAULT_PREFILL_TPS, HOLD, Plan, ReplicaSpec, ReplicaView, Request
@@ -78,9 +79,14 @@ def test_prefill_rate_comes_from_the_step_time_model():
 
 def test_invisible_and_excluded_replicas_are_in_no_view():
     c = core(3)
-    c.slot(1).visible = False
+    c.set_visible(1, False)
     assert [v.id for v in c.views(None, 0.0)] == [0, 2]
     assert [v.id for v in c.views(None, 0.0, frozenset({2}))] == [0]
+    c.set_visible(1, True)
+    assert [v.id for v in c.views(None, 0.0)] == [0, 1, 2]
+    c.set_visible(2, False)
+    c.remove_replica(2)  # a hidden replica leaves: the rest need no filtering
+    assert c._hidden == 0 and [v.id for v in c.views(None, 0.0)] == [0, 1]
 
 
 def test_prefix_overlap_and_prefill_backlog_follow_dispatches():
@@ -94,7 +100,7 @@ def test_prefix_overlap_and_prefill_backlog_follow_dispatches():
     assert c.views(None, now=1.0)[0].queued_prefill_tokens == 0.0  # drained at its rate
     # A cached prefix is not prefill work: 32 of 40 blocks hit, 8 * 16 tokens left.
     c.dispatch(1, req(2, prompt=640, hashes=tuple(range(40))), now=2.0, overlap=32)
-    assert c.views(None, now=2.0)[1].queued_prefill_tokens == 128
+    assert c.views(None, now=2.0)[1].queued_prefill_tokens == pytest.approx(128)
 
 
 # --- the drain rule ------------------------------------------------------------------
@@ -207,6 +213,11 @@ def test_choice_problem_names_what_is_wrong():
     c.enqueue(req(0))
     with pytest.raises(InvalidChoice, match="no such replica"):
         c.drain(0.0, lambda r, v, n: 9)
+    with pytest.raises(InvalidChoice, match="returned bool"):
+        c.drain(0.0, lambda r, v, n: True)  # True == 1, and 1 is a replica: still no
+    with pytest.raises(InvalidChoice, match="replica is draining"):
+        c.drain(0.0, lambda r, v, n: 1)
+    assert routed(c.drain(0.0, lambda r, v, n: np.int64(0))) == [(0, 0)]  # numpy ids are ids
 
 
 def test_match_plan_keeps_the_oldest_of_each_spec():

@@ -7,11 +7,10 @@ Ties go to fewer in-flight tokens (less work queued), then to the lower id.
 """
 
 from serving import kit
-from serving.contract import HOLD, Param, ReplicaView, Request
+from serving.contract import Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {}  # no constants to tune
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = kit.serving_only(replicas)
-    return kit.least_inflight(request, serving) if serving else HOLD
+    return kit.least_inflight(request, replicas)  # HOLD when none is serving

@@ -8,7 +8,7 @@ then to the first sampled (a random one).
 """
 
 from serving import kit
-from serving.contract import HOLD, Param, ReplicaView, Request
+from serving.contract import Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {
     # Envoy's choice_count: how many distinct replicas are sampled per request.
@@ -18,7 +18,5 @@ CHOICE_COUNT = 2
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = kit.serving_only(replicas)
-    if not serving:
-        return HOLD
-    return kit.power_of_k(request, serving, CHOICE_COUNT, kit.inflight, kit.inflight_tokens)
+    # HOLD when none is serving
+    return kit.power_of_k(request, replicas, CHOICE_COUNT, kit.inflight, kit.inflight_tokens)

@@ -6,11 +6,10 @@ the herding that stale load metrics cause.
 """
 
 from serving import kit
-from serving.contract import HOLD, Param, ReplicaView, Request
+from serving.contract import Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {}  # no constants to tune
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = kit.serving_only(replicas)
-    return kit.uniform(serving) if serving else HOLD
+    return kit.uniform(replicas)  # HOLD when none is serving

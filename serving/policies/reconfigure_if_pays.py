@@ -10,7 +10,7 @@ whose GPUs left the pool are dropped at once. Routing is least outstanding reque
 """
 
 from serving import kit
-from serving.contract import HOLD, ClusterView, Param, Plan, ReplicaView, Request
+from serving.contract import ClusterView, Param, Plan, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {
     "TARGET_UTILIZATION": Param(0.3, 1.0),
@@ -23,8 +23,7 @@ DEFAULT_COLD_START_S = 60.0  # for specs the cluster gives no cold-start estimat
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = kit.serving_only(replicas)
-    return kit.least_inflight(request, serving) if serving else HOLD
+    return kit.least_inflight(request, replicas)  # HOLD when none is serving
 
 
 def reschedule(cluster: ClusterView, now: float) -> Plan | None:

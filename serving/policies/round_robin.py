@@ -16,9 +16,7 @@ _counter = 0  # requests routed so far: the policy's only state
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
     global _counter
-    serving = kit.serving_only(replicas)
-    if not serving:
-        return HOLD
-    chosen = kit.rotate(serving, _counter)
-    _counter += 1
+    chosen = kit.rotate(replicas, _counter)  # HOLD when none is serving
+    if chosen is not HOLD:
+        _counter += 1
     return chosen

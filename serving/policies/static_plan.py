@@ -7,14 +7,13 @@ LEAST_REQUEST-style least outstanding requests.
 """
 
 from serving import kit
-from serving.contract import HOLD, ClusterView, Param, Plan, ReplicaView, Request
+from serving.contract import ClusterView, Param, Plan, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {}  # no constants to tune
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = kit.serving_only(replicas)
-    return kit.least_inflight(request, serving) if serving else HOLD
+    return kit.least_inflight(request, replicas)  # HOLD when none is serving
 
 
 def reschedule(cluster: ClusterView, now: float) -> Plan | None:

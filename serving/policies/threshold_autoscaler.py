@@ -9,7 +9,7 @@ once. Routing is least outstanding requests.
 """
 
 from serving import kit
-from serving.contract import HOLD, ClusterView, Param, Plan, ReplicaView, Request
+from serving.contract import ClusterView, Param, Plan, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {
     "UP_QUEUE_PER_REPLICA": Param(0.5, 64.0),
@@ -27,8 +27,7 @@ STATE = kit.TriggerState()  # hot/cold streaks and the last change, across ticks
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = kit.serving_only(replicas)
-    return kit.least_inflight(request, serving) if serving else HOLD
+    return kit.least_inflight(request, replicas)  # HOLD when none is serving
 
 
 def reschedule(cluster: ClusterView, now: float) -> Plan | None:
