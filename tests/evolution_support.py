@@ -18,11 +18,12 @@ from serving.policy_loader import builtin_source
 
 MICRO = Suite(("sandbox-micro",), (0,), 1.0)
 LO = builtin_source("least_outstanding")
-PICK = "kit.least_inflight(request, serving)"  # the line of the seed that answers edit
+PICK = "kit.least_inflight(request, replicas)"  # what the seed's answers edit
+PICK_LINE = next(line for line in LO.splitlines() if PICK in line)
 
-GOOD_A = LO.replace(PICK, "kit.argmin(serving, kit.inflight_tokens(request, serving))")
+GOOD_A = LO.replace(PICK, "kit.argmin(replicas, kit.inflight_tokens(request, replicas))")
 GOOD_B = LO.replace(
-    PICK, "kit.argmin(serving, kit.waiting(request, serving), kit.kv_use(request, serving))"
+    PICK, "kit.argmin(replicas, kit.waiting(request, replicas), kit.kv_use(request, replicas))"
 )
 assert LO != GOOD_A != GOOD_B != LO
 HOSTILE = {
@@ -40,9 +41,8 @@ def script(population: int):
     """Per slot: a fixed mix of good, diff, broken, hostile, garbage, 429 and 5xx answers."""
     diff = (
         "```diff\n--- a/policy.py\n+++ b/policy.py\n@@ -1,1 +1,1 @@\n"
-        f"-    return {PICK} if serving else HOLD\n"
-        "+    return kit.argmin(serving, kit.prefix_miss(request, serving)) if serving else HOLD\n"
-        "```\n"
+        f"-{PICK_LINE}\n"
+        "+    return kit.argmin(replicas, kit.prefix_miss(request, replicas))\n```\n"
     )
     menu = [
         [{"content": fenced(GOOD_A)}],

@@ -38,7 +38,7 @@ def test_unclosed_fence_is_still_read():
 
 
 def test_unified_diff_against_parent_applies_even_with_wrong_line_numbers():
-    child = PARENT.replace("kit.least_inflight(request, serving)", "kit.uniform(serving)")
+    child = PARENT.replace("kit.least_inflight(request, replicas)", "kit.uniform(replicas)")
     assert child != PARENT
     diff = unified_diff(PARENT, child).replace("@@ -1", "@@ -7")
     src, kind = extract_candidate(f"```diff\n{diff}```", PARENT)
