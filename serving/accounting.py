@@ -4,7 +4,8 @@ In-flight requests and tokens per replica are counted at dispatch time -- the
 router knows them exactly, while engine metrics arrive late (the cause of the
 herding bugs real routers have had). The prefix index remembers which prompt
 chunks the router sent to which replica, an estimate of each replica's
-prefix cache that costs the engine nothing to report.
+prefix cache that costs the engine nothing to report. The routing core
+(``serving.routing``) does the counting, the one place both routers count.
 """
 
 from __future__ import annotations
@@ -37,28 +38,14 @@ class RouterAccounting:
     def ledger(self, replica_id: int) -> ReplicaLedger:
         return self._ledgers[replica_id]
 
-    def get(self, replica_id: int) -> ReplicaLedger | None:
-        return self._ledgers.get(replica_id)
-
-    @staticmethod
-    def request_tokens(request: Request) -> int:
-        return request.prompt_tokens + request.max_output_tokens
-
-    def on_dispatch(self, replica_id: int, request: Request) -> None:
-        count_in(self._ledgers[replica_id], request)
-
     def on_finish(self, replica_id: int, request: Request) -> bool:
         """Count ``request`` out; False when its replica already left the accounting."""
         ledger = self._ledgers.get(replica_id)
         if ledger is None:
             return False
         ledger.inflight_requests -= 1
-        ledger.inflight_tokens -= self.request_tokens(request)
+        ledger.inflight_tokens -= request.prompt_tokens + request.max_output_tokens
         return True
-
-    def prefix_overlap_blocks(self, replica_id: int, request: Request, block_size: int = 16) -> int:
-        """Leading prompt blocks of ``request`` this replica has probably cached."""
-        return overlap_blocks(self._ledgers[replica_id], request, block_size)
 
 
 def count_in(ledger: ReplicaLedger, request: Request) -> None:
