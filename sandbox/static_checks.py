@@ -55,7 +55,7 @@ ALLOWED_IMPORTS: frozenset[str] = frozenset(
         "dataclasses",
         "typing",
         "serving.contract",
-        "serving.kit",  # functions and frozen values only: tests/hostile/kit_*.py
+        "serving.kit",  # functions and frozen values only: see the hostile cases kit_*
     }
 )
 

@@ -10,7 +10,8 @@ the one mutable object, ``TriggerState``, belongs to the policy that creates it.
 The baselines in ``serving/policies/`` are compositions of these pieces.
 
 This module holds names only: no module objects, nothing of the router's or the
-simulator's own state (``tests/hostile/kit_*.py`` try to escape through it).
+simulator's own state (the hostile cases ``kit_globals_escape`` and ``kit_tamper`` try
+to escape through it).
 """
 
 from serving.kit_planning import (
