@@ -204,6 +204,46 @@ def bench_simulator(
     write_json(json_out, result)
 
 
+@bench_app.command("route")
+def bench_route(
+    policies: Annotated[
+        str | None, typer.Option(help="Comma-separated baselines or policy files; default all.")
+    ] = None,
+    scenario: Annotated[str, typer.Option(help="Scenario the decisions are recorded on.")] = (
+        "mixed-pool"
+    ),
+    calls: int = 3000,
+    rounds: int = 7,
+    json_out: JsonOut = None,
+) -> None:
+    """Cost of one route() call per policy, against the pre-kit hand-written loop."""
+    from sandbox.bench_route import bench_route as run
+    from serving.policy_loader import BUILTIN_POLICIES, PolicyError
+
+    try:
+        chosen = [_load_policy(p) for p in (policies.split(",") if policies else BUILTIN_POLICIES)]
+        with _progress() as bar:
+            task = bar.add_task("timing route()", total=rounds)
+            result = run(chosen, scenario=scenario, calls=calls, rounds=rounds,
+                         on_round=lambda _: bar.advance(task))  # fmt: skip
+    except (PolicyError, KeyError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"route() on {result['calls']} decisions recorded on {scenario} "
+                  f"({result['replicas_per_call']:.1f} replicas each)")  # fmt: skip
+    table.add_column("policy")
+    table.add_column("µs / call", justify="right")
+    table.add_column("×", justify="right")
+    table.add_column("bytecodes / call", justify="right")
+    table.add_column("×", justify="right")
+    for name, us in result["route_us"].items():
+        ops = result["opcodes_per_call"][name]
+        table.add_row(name, f"{us:.2f}", f"{result['ratio_to_reference'][name]:.2f}",
+                      f"{ops:.0f}", f"{result['opcode_ratio_to_reference'][name]:.2f}")  # fmt: skip
+    console.print("× = against the hand-written least_outstanding (the baseline before the kit)")
+    console.print(table)
+    write_json(json_out, result)
+
+
 @bench_app.command("fidelity")
 def bench_fidelity(json_out: JsonOut = None, seed: int = 0) -> None:
     """Step-time model against profile rows held out from its fit."""

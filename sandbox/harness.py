@@ -206,6 +206,7 @@ def evaluate(req: EvalRequest) -> EvalResponse:
         if bad:
             return reject("static", bad)
 
+    import serving.kit  # noqa: F401 -- the policy kit is trusted code: watched from the snapshot
     from sandbox.simulator import PolicyFault, simulate
     from sandbox.windows import WINDOWS_ENV, WindowIntegrityError
     from serving.policy_loader import PolicyError, load_policy
@@ -346,6 +347,7 @@ def _preload() -> None:
     """Import the trusted code before the request: a warm sandbox has already paid for it."""
     import sandbox.simulator
     import sandbox.static_checks
+    import serving.kit
     import serving.policy_loader  # noqa: F401
 
     with contextlib.suppress(ImportError):

@@ -108,7 +108,17 @@ CASES: tuple[Case, ...] = (
     Case(
         "tamper_simulator",
         ("static", "import of 'sandbox.simulator' is not allowed"),
-        ("integrity", "tampered with trusted code: sandbox.simulator.Simulation._route"),
+        ("integrity", "tampered with trusted code: sandbox.simulator.Simulation._decide"),
+    ),
+    Case(
+        "kit_globals_escape",
+        ("static", "dunder attribute '__globals__'"),
+        ("load", "found: []"),
+    ),
+    Case(
+        "kit_tamper",
+        ("static", "assigning to module attribute 'serving.kit.least_inflight'"),
+        ("integrity", "tampered with trusted code: serving.kit.least_inflight"),
     ),
     Case("mutate_views", ("runtime", "route raised AttributeError")),
     Case("mutate_views_setattr", ("static", "dunder attribute '__setattr__'")),

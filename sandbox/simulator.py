@@ -1,11 +1,11 @@
 """Discrete-event simulator of a vLLM cluster behind a router that runs a policy.
 
 The fitness function of the whole system. Engines are ``serving.engine`` models
-in virtual time; the router keeps the same accounting as the live router
-(``serving.accounting``), refreshes engine snapshots every
-``snapshot_interval_s`` (so policies see stale metrics, as real routers do),
-holds requests in its queue when the policy says so or the plan's admission
-limit is reached, and calls ``reschedule`` every ``monitor_interval_s``.
+in virtual time; the router is the live router's own decision core
+(``serving.routing``: replica views, accounting, admission, the hold queue and
+its drain rule, choice and plan checks), fed engine snapshots every
+``snapshot_interval_s`` (so policies see stale metrics, as real routers do);
+``reschedule`` runs every ``monitor_interval_s``.
 
 The policy's own decision time is measured with a clock bound at import (a
 policy that patches ``time`` cannot hide its cost) and charged to virtual time,
@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter as _clock
@@ -29,11 +28,11 @@ import numpy as np
 
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
 from sandbox.scenario import ClusterEvent, Scenario
-from serving.accounting import ReplicaLedger, RouterAccounting
 from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
 from serving.engine import INF, Sequence, make_engine
-from serving.planning import capacities, deployable_specs, plan_problem
+from serving.planning import capacities, deployable_specs
 from serving.policy_loader import LoadedPolicy
+from serving.routing import InvalidChoice, RoutingCore, review_plan
 from serving.steptime import step_time_model
 from serving.workload_window import WindowTracker
 
@@ -54,16 +53,14 @@ class PolicyFault(Exception):
 
 @dataclass(eq=False)
 class _Replica:
+    """The simulator's side of a replica: its engine and lifecycle (the router's is a Slot)."""
+
     id: int
     spec: ReplicaSpec
     state: str  # pending | starting | serving | draining
     kv_blocks: int
-    weight: float = 1.0
     engine: object | None = None
     pushed_epoch: int = -1
-    snap: tuple[int, int, int] = (0, 0, 0)
-    snap_at: float = 0.0
-    ledger: ReplicaLedger | None = None
 
     @property
     def holds_gpus(self) -> bool:
@@ -116,10 +113,9 @@ class Simulation:
         self.pool: dict[str, int] = dict(self.cluster.gpus)
         self.replicas: dict[int, _Replica] = {}
         self._next_id = 0
-        self.accounting = RouterAccounting()
-        self.router_queue: deque[Request] = deque()
+        self.core = RoutingCore(self.cluster.model, self.cluster.engine)
+        self.core.admission_limit = self.cluster.plan.admission_limit
         self.inflight: dict[int, tuple[int, Request]] = {}  # request -> (replica, request)
-        self.admission_limit: int | None = self.cluster.plan.admission_limit
         self.router_free = 0.0
         self.decisions = DecisionTimes()
         self.replans = 0
@@ -139,8 +135,8 @@ class Simulation:
         heapq.heappush(self.events, (t, prio, self._seq, kind, payload))
 
     # -- the run -------------------------------------------------------------------
-    def run(self) -> SimResult:
-        started = _clock()
+    def start(self) -> None:
+        """Time 0: seed, bring the starting plan up warm, schedule the periodic events."""
         random.seed(self.seed)
         plan = self.cluster.plan
         self._check_plan(plan)
@@ -152,6 +148,10 @@ class Simulation:
         self._push(self.cluster.snapshot_interval_s, _SNAPSHOT, "snapshot")
         self._push(self.cluster.monitor_interval_s, _MONITOR, "monitor")
         self._push(self.horizon, _HORIZON, "horizon")
+
+    def run(self) -> SimResult:
+        started = _clock()
+        self.start()
         arrivals, n = self._arrival, self.n
         i = 0
         handlers = {
@@ -200,13 +200,19 @@ class Simulation:
     # -- replicas and GPUs -------------------------------------------------------------
     def _new_replica(self, spec: ReplicaSpec, weight: float) -> _Replica:
         kv = self._specs[spec].kv_blocks
-        r = _Replica(self._next_id, spec, "pending", kv, weight)
+        r = _Replica(self._next_id, spec, "pending", kv)
         self._next_id += 1
         self.replicas[r.id] = r
         # The router remembers about as many prefix chunks as the replica can cache.
-        self.accounting.add_replica(r.id, kv // self.unit_blocks)
-        r.ledger = self.accounting.ledger(r.id)
+        self.core.add_replica(
+            r.id, spec, kv_blocks=kv, prefix_capacity=kv // self.unit_blocks, weight=weight
+        )
         return r
+
+    def _set_state(self, r: _Replica, state: str) -> None:
+        """The replica's lifecycle, and what the router sees of it (pending looks starting)."""
+        r.state = state
+        self.core.slot(r.id).state = "starting" if state == "pending" else state  # type: ignore[assignment]
 
     def _free_gpus(self, gpu: str) -> int:
         held = sum(r.spec.tp for r in self.replicas.values() if r.holds_gpus and r.spec.gpu == gpu)
@@ -219,7 +225,7 @@ class Simulation:
 
     def _bring_up(self, r: _Replica, warm: bool = False) -> None:
         self._account_gpus()
-        r.state = "starting"
+        self._set_state(r, "starting")
         cold = self._specs[r.spec].cold_start_s
         if warm:
             self._on_ready(r.id)
@@ -242,8 +248,8 @@ class Simulation:
             r.kv_blocks,
             reference=self.reference,
         )
-        r.state = "serving"
-        r.snap, r.snap_at = (0, 0, 0), self.now
+        self._set_state(r, "serving")
+        self.core.observe(rid, 0, 0, 0, self.now)
         self._drain_queue()
 
     def _retire(self, r: _Replica) -> None:
@@ -252,16 +258,19 @@ class Simulation:
         lost = [seq.rid for seq in r.engine.abort()] if r.engine is not None else []
         self._requeue(lost)
         del self.replicas[r.id]
-        self.accounting.remove_replica(r.id)
+        self.core.remove_replica(r.id)
         self._start_pending()
 
     def _requeue(self, rids: list[int]) -> None:
-        """Requests lost with their replica go back to the front of the router queue."""
+        """Requests lost with their replica go back to the front of the router queue.
+
+        Not drained here: the caller does, once the cluster change is complete.
+        """
         for rid in sorted(rids, reverse=True):
             target, request = self.inflight.pop(rid)
-            self.accounting.on_finish(target, request)
+            self.core.finish(target, request)
             self.retries[rid] += 1
-            self.router_queue.appendleft(request)
+            self.core.enqueue(request, front=True)
 
     def _active(self) -> list[_Replica]:
         return [r for r in self.replicas.values() if r.state != "draining"]
@@ -290,7 +299,7 @@ class Simulation:
                     self._account_gpus()
                     self._requeue([seq.rid for seq in r.engine.abort()])
                     r.engine = None
-                r.state = "pending"
+                self._set_state(r, "pending")
                 self._bring_up(r)
         self._drain_queue()
 
@@ -306,72 +315,40 @@ class Simulation:
             prefix_block_tokens=w.prefix_block_tokens,
             session_id=w.session_ids[i] if w.session_ids else "",
         )
-        self.router_queue.append(request)
         self.window.add(request)
-        self._drain_queue()
+        self._drain_queue(request)
 
-    def _drain_queue(self) -> None:
-        while self.router_queue:
-            if self.admission_limit is not None and len(self.inflight) >= self.admission_limit:
-                return
-            request = self.router_queue[0]
-            target = self._route(request)
-            if target is None:
-                return
-            self.router_queue.popleft()
+    def _drain_queue(self, arrival: Request | None = None) -> None:
+        """Drain the router queue (after enqueueing ``arrival``) and send what was routed.
+
+        A dispatch waits until the router has paid for the decisions before it.
+        """
+        try:
+            if arrival is None:
+                if not self.core.held:  # the common case after an engine step: nothing waits
+                    return
+                decided = self.core.drain(self.now, self._decide)
+            else:
+                _, decided = self.core.arrive(arrival, self.now, self._decide)
+        except InvalidChoice as exc:
+            raise PolicyFault(exc.reason) from None
+        for entry, target in decided:
+            request = entry.request
             self.inflight[request.id] = (target, request)
-            self.accounting.on_dispatch(target, request)
             if self.router_free > self.now:
                 self._push(self.router_free, _DISPATCH, "dispatch", request.id)
             else:
                 self._on_dispatch(request.id)
 
-    def _views(self, request: Request | None) -> tuple[ReplicaView, ...]:
-        now, acct = self.now, self.accounting
-        with_prefix = request is not None and bool(request.prefix_hashes)
-        views = []
-        for r in self.replicas.values():
-            ledger = r.ledger
-            running, waiting, used = r.snap
-            views.append(
-                ReplicaView(
-                    r.id,
-                    r.spec.gpu,
-                    r.spec.tp,
-                    "starting" if r.state == "pending" else r.state,
-                    running,
-                    waiting,
-                    used,
-                    r.kv_blocks,
-                    ledger.inflight_requests,
-                    ledger.inflight_tokens,
-                    acct.prefix_overlap_blocks(r.id, request) if with_prefix else 0,
-                    now - r.snap_at,
-                    r.weight,
-                )
-            )
-        return tuple(views)
-
-    def _route(self, request: Request) -> int | None:
-        views = self._views(request)
+    def _decide(self, request: Request, views: tuple[ReplicaView, ...], now: float) -> object:
+        """The policy's route(), timed and charged; its failures are its faults."""
         started = _clock()
         try:
-            choice = self.policy.route(request, views, self.now)
+            choice = self.policy.route(request, views, now)
         except Exception as exc:  # the policy's own bug, reported as its fault
             raise PolicyFault(f"route raised {type(exc).__name__}: {exc}") from exc
         self._charge(_clock() - started, self.decisions.route)
-        if choice is None:
-            return None
-        if isinstance(choice, bool) or not isinstance(choice, int | np.integer):
-            raise PolicyFault(
-                f"route returned {type(choice).__name__}, expected a replica id or HOLD"
-            )
-        r = self.replicas.get(int(choice))
-        if r is None or r.state != "serving":
-            ids = [v.id for v in views if v.state == "serving"]
-            what = "no such replica" if r is None else f"replica is {r.state}"
-            raise PolicyFault(f"route returned {choice!r} ({what}; serving ids: {ids})")
-        return r.id
+        return choice
 
     def _charge(self, seconds: float, log: list[float]) -> None:
         log.append(seconds)
@@ -437,7 +414,7 @@ class Simulation:
 
     def _finish_request(self, i: int, replica_id: int) -> None:
         _, request = self.inflight.pop(i)
-        self.accounting.on_finish(replica_id, request)
+        self.core.finish(replica_id, request)
         self.replica_of[i] = replica_id
         self.done += 1
         if self.progress is not None and self.done % 1000 == 0:
@@ -445,33 +422,33 @@ class Simulation:
 
     # -- periodic work -------------------------------------------------------------
     def _on_snapshot(self, _: object) -> None:
+        now, observe = self.now, self.core.observe
         for r in self.replicas.values():
             if r.engine is not None:
-                r.snap = r.engine.snapshot(self.now)
-                r.snap_at = self.now
+                observe(r.id, *r.engine.snapshot(now), now)
         self._push(self.now + self.cluster.snapshot_interval_s, _SNAPSHOT, "snapshot")
         self._drain_queue()
 
     def _on_monitor(self, _: object) -> None:
         self._push(self.now + self.cluster.monitor_interval_s, _MONITOR, "monitor")
-        if self.policy.reschedule is None:
-            return
-        view = self._cluster_view()
-        started = _clock()
-        try:
-            plan = self.policy.reschedule(view, self.now)
-        except Exception as exc:
-            raise PolicyFault(f"reschedule raised {type(exc).__name__}: {exc}") from exc
-        self._charge(_clock() - started, self.decisions.reschedule)
-        if plan is not None:
+        if self.policy.reschedule is not None:
+            view = self._cluster_view()
+            started = _clock()
+            try:
+                plan = self.policy.reschedule(view, self.now)
+            except Exception as exc:
+                raise PolicyFault(f"reschedule raised {type(exc).__name__}: {exc}") from exc
+            self._charge(_clock() - started, self.decisions.reschedule)
             self._apply(plan)
+        # A tick is a router event as in the live router: held requests are offered again.
+        self._drain_queue()
 
     def _current_plan(self) -> Plan:
-        active = self._active()
+        live = [s for s in self.core.slots() if s.state != "draining"]
         return Plan(
-            tuple(r.spec for r in active),
-            tuple(r.weight for r in active),
-            self.admission_limit,
+            tuple(s.spec for s in live),
+            tuple(s.weight for s in live),
+            self.core.admission_limit,
         )
 
     def _cluster_view(self) -> ClusterView:
@@ -481,43 +458,38 @@ class Simulation:
             window=window,
             gpus_available=self.pool,
             plan=self._current_plan(),
-            replicas=self._views(None),
-            queued=len(self.router_queue),
+            replicas=self.core.views(None, self.now),
+            queued=len(self.core.held),
             cold_start_s={spec: cost.cold_start_s for spec, cost in self._specs.items()},
             capacity_rps=capacities(c.model, self._specs, window, c.engine),
             model=c.model,
         )
 
     # -- plans ---------------------------------------------------------------------
-    def _check_plan(self, plan: object) -> None:
-        problem = plan_problem(plan, self.cluster.model, self.pool, self._specs)
-        if problem is not None:
-            raise PolicyFault(problem)
+    def _check_plan(self, plan: object, current: Plan | None = None) -> Plan | None:
+        """The plan to apply (None: no change), by the core's rule; a bad plan is a fault."""
+        review = review_plan(plan, current, self.cluster.model, self.pool, self._specs)
+        if review.problem is not None:
+            raise PolicyFault(review.problem)
+        return review.plan
 
-    def _apply(self, plan: Plan) -> None:
-        self._check_plan(plan)
-        if plan == self._current_plan():
+    def _apply(self, plan: object) -> None:
+        new = self._check_plan(plan, self._current_plan())
+        if new is None:
             return
         self.replans += 1
-        self.admission_limit = plan.admission_limit
-        unmatched = self._active()
-        for i, spec in enumerate(plan.replicas):
-            weight = plan.weights[i] if plan.weights else 1.0
-            keep = next((r for r in unmatched if r.spec == spec), None)
-            if keep is not None:
-                unmatched.remove(keep)
-                keep.weight = weight
-            else:
-                self._new_replica(spec, weight)
-        for r in unmatched:
+        match = self.core.follow_plan(new)
+        for spec, weight in match.start:
+            self._new_replica(spec, weight)
+        for rid in match.stop:
+            r = self.replicas[rid]
             if r.state in ("pending", "starting") or r.engine is None:
                 self._retire(r)
             else:
-                r.state = "draining"
+                self._set_state(r, "draining")
                 if r.engine.idle and not r.engine.waiting:
                     self._retire(r)
         self._start_pending()
-        self._drain_queue()
 
 
 def simulate(

@@ -15,10 +15,12 @@ The rules, each with its own reason:
   positional arguments, or another binding the loader will check);
 - imports: absolute imports of modules on ``ALLOWED_IMPORTS`` only; a name
   imported *from* an allowed module must not itself be a module
-  (``from typing import sys``);
+  (``from typing import sys``), unless that module is allowed itself
+  (``from serving import kit`` imports the allowed ``serving.kit``);
 - modules are used only through attribute access (``math.sqrt(x)``), never
-  aliased or passed around, and never for their private or module-valued
-  attributes (``random._os``, ``typing.sys``);
+  aliased or passed around, never assigned to (``random.random = f``, a kit
+  function rebound for every policy in the process), and never for their
+  private or module-valued attributes (``random._os``, ``typing.sys``);
 - escape hatches: builtins that reach the interpreter (``__import__``, ``eval``,
   ``exec``, ``compile``, ``open``, ``globals``, ``vars``, ``breakpoint``…),
   dunder names and attributes (``__builtins__``, ``__class__``,
@@ -53,6 +55,7 @@ ALLOWED_IMPORTS: frozenset[str] = frozenset(
         "dataclasses",
         "typing",
         "serving.contract",
+        "serving.kit",  # functions and frozen values only: see the hostile cases kit_*
     }
 )
 
@@ -248,6 +251,12 @@ class _Checker(ast.NodeVisitor):
         if node.level:
             self.add(node, f"relative import 'from {'.' * node.level}{mod}' is not allowed")
             return
+        if mod not in ALLOWED_IMPORTS and all(
+            f"{mod}.{a.name}" in ALLOWED_IMPORTS for a in node.names
+        ):
+            for alias in node.names:  # ``from serving import kit``: allowed modules only
+                self.module_aliases[alias.asname or alias.name] = f"{mod}.{alias.name}"
+            return
         if mod not in ALLOWED_IMPORTS:
             self.add(node, f"import from '{mod}' is not allowed ({_allowed_text()})")
             return
@@ -300,10 +309,13 @@ class _Checker(ast.NodeVisitor):
         elif attr in FORBIDDEN_ATTRS:
             self.add(node, f"access to attribute '{attr}' is not allowed")
         base = node.value
-        if isinstance(base, ast.Name) and base.id in self.module_aliases:
-            self._attr_value_ids.add(id(base))
-            modname = self.module_aliases[base.id]
-            if attr.startswith("_"):
+        modname = self._module_of(base)
+        if modname is not None:
+            if isinstance(base, ast.Name):
+                self._attr_value_ids.add(id(base))
+            if not isinstance(node.ctx, ast.Load):
+                self.add(node, f"assigning to module attribute '{modname}.{attr}' is not allowed")
+            elif attr.startswith("_"):
                 self.add(node, f"private module attribute '{modname}.{attr}' is not allowed")
             else:
                 module = _allowed_module(modname)
@@ -317,6 +329,16 @@ class _Checker(ast.NodeVisitor):
                             f"(reached through '{modname}')",
                         )
         self.generic_visit(node)
+
+    def _module_of(self, node: ast.expr) -> str | None:
+        """The allowed module ``node`` names (``kit``, ``serving.kit``), if it names one."""
+        if isinstance(node, ast.Name):
+            return self.module_aliases.get(node.id)
+        if isinstance(node, ast.Attribute):
+            parent = self._module_of(node.value)
+            if parent is not None and f"{parent}.{node.attr}" in ALLOWED_IMPORTS:
+                return f"{parent}.{node.attr}"
+        return None
 
     # calls to getattr & co.
     def visit_Call(self, node: ast.Call) -> None:

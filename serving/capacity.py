@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from serving.engine import EngineConfig, StepTime
 
+PREFILL_PROBE_TOKENS = 2048
+"""Prompt length at which a replica's prefill rate is quoted: past ~1k tokens the rate
+of the fitted step-time models is flat (it falls for shorter prompts, and slowly for
+longer ones as attention grows)."""
+
 
 def saturation_rps(
     steptime: StepTime, kv_blocks: int, config: EngineConfig, prompt: float, output: float
@@ -25,3 +30,9 @@ def saturation_rps(
     prefill = chunks * steptime.step_s(0, 0, int(chunk), chunk * chunk / 2)
     per_request = prefill + (output - 1) * decode_step / batch
     return 1.0 / per_request
+
+
+def prefill_tps(steptime: StepTime, config: EngineConfig) -> float:
+    """Prompt tokens per second a replica prefills alone, on ``PREFILL_PROBE_TOKENS`` prompts."""
+    n = min(PREFILL_PROBE_TOKENS, config.max_num_batched_tokens)
+    return n / steptime.step_s(0, 0, n, n * n / 2)

@@ -6,7 +6,13 @@ A policy is one Python module (one file) that defines:
 ``route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None``
     The scheduling policy. Return the ``id`` of a replica in ``replicas`` that
     is ``serving``, or ``HOLD`` (``None``) to keep the request in the router
-    queue; held requests are offered again at the next router event.
+    queue. ``replicas`` come in ascending ``id`` order. Held requests are
+    offered again, oldest first, at every router event (an arrival, a finish,
+    a metrics snapshot, a monitoring tick); a held request does not block the
+    ones behind it, but a drain passes over at most ``serving.routing.SKIP_AHEAD``
+    held requests (the router and the simulator share this rule). While no
+    replica is serving, or the plan's admission limit is reached, requests are
+    held without asking the policy.
 
 ``reschedule(cluster: ClusterView, now: float) -> Plan | None``
     The rescheduling policy, trigger and planner in one, called at every
@@ -34,6 +40,9 @@ CONTRACT_VERSION = 1
 
 HOLD = None
 """Returned by ``route`` to keep a request in the router queue."""
+
+DEFAULT_PREFILL_TPS = 10_000.0
+"""Prefill rate assumed for a replica whose deployment the step-time model does not know."""
 
 ReplicaState = Literal["starting", "serving", "draining"]
 
@@ -82,6 +91,13 @@ class ReplicaView(NamedTuple):
     snapshot_age: float
     weight: float = 1.0
     """Dispatch weight from the current plan."""
+    prefill_tps: float = DEFAULT_PREFILL_TPS
+    """Prompt tokens per second this replica prefills (its model, GPU and TP, from the
+    step-time model; ``DEFAULT_PREFILL_TPS`` when unknown)."""
+    queued_prefill_tokens: float = 0.0
+    """The router's estimate of prompt tokens sent here and not yet prefilled: the
+    uncached prompt tokens of each request dispatched here, drained at
+    ``prefill_tps`` since. Exact inputs, no engine metrics; ignores decode load."""
 
     @property
     def kv_usage(self) -> float:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from serving.contract import HOLD, ClusterView, Plan, ReplicaView, Request
 from serving.policy_loader import LoadedPolicy, builtin_policy
+from serving.routing import choice_problem
 
 BASELINE = "least_outstanding"
 
@@ -119,12 +120,8 @@ class PolicyRuntime:
             self.route_calls += 1
         if budget and dt > self.budget_s:
             return "budget"
-        if choice is not HOLD:
-            # bool is an int subclass; True is not a replica id.
-            if isinstance(choice, bool) or not isinstance(choice, int):
-                return "invalid"
-            if not any(r.id == choice and r.state == "serving" for r in replicas):
-                return "invalid"
+        if choice_problem(choice, replicas) is not None:  # the simulator's rule, a fault there
+            return "invalid"
         return (choice,)
 
     def _demote(self) -> None:

@@ -1,11 +1,13 @@
 """The live router: OpenAI-compatible, policy-driven, streaming pass-through.
 
 Each request is parsed once (prompt bytes -> token estimate and prefix block
-hashes), routed by the current policy over ``ReplicaView`` snapshots (engine
-metrics from the scraper, exact in-flight counts and prefix index from the
-router's own ``RouterAccounting``), forwarded with its original bytes, and its
-response relayed piece by piece as it arrives -- the router never re-encodes
-what an engine streams. Every request, failed or not, becomes a telemetry row.
+hashes), routed by the current policy through the decision core the simulator
+runs too (``serving.routing``: replica views from the scraper's engine metrics
+and the router's exact accounting, admission, the hold queue and its drain rule,
+choice and plan checks), forwarded with its original bytes, and its response
+relayed piece by piece as it arrives -- the router never re-encodes what an
+engine streams. Every request, failed or not, becomes a telemetry row. What is
+the router's own: HTTP, health, retries on another replica, relaying, telemetry.
 
 The server side is aiohttp (measured against Starlette/uvicorn + httpx, it adds
 several times less latency per request); requests to engines go through
@@ -23,7 +25,7 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +34,16 @@ from aiohttp import web
 
 from serving import prom
 from serving.accounting import RouterAccounting
-from serving.contract import HOLD, ClusterView, ReplicaSpec, ReplicaView, Request
+from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
 from serving.engine_snapshots import SnapshotWriter
 from serving.fleet import EngineHandle, Fleet
 from serving.hardware import UnknownHardware
 from serving.metrics_adapter import Scraper
-from serving.planning import SpecCost, capacities, deployable_specs, plan_problem
+from serving.planning import SpecCost, capacities, deployable_specs
 from serving.policy_runtime import ActivePolicy, PolicyRuntime
 from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
 from serving.relay import DeferredHeadersResponse, SseRelay, engine_token_counts
+from serving.routing import NO_EXCLUSIONS, Held, RoutingCore, review_plan
 from serving.telemetry import TelemetryRow, TelemetryWriter
 from serving.upstream import Exchange, UpstreamError, UpstreamPool
 from serving.workload_window import WindowTracker
@@ -50,6 +53,8 @@ log = logging.getLogger("autopoiesis.router")
 VERSION_HEADER = "x-autopoiesis-policy-version"
 DEFAULT_KV_BLOCKS = 16384
 """KV capacity assumed for a replica whose engine does not expose it."""
+NEVER_SCRAPED_AGE_S = 1e9
+"""``snapshot_age`` shown for a replica whose metrics never arrived."""
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0, 60.0)
@@ -91,18 +96,25 @@ class _Replica:
 
 class Router:
     def __init__(self, fleet: Fleet, runtime: PolicyRuntime,
-                 config: RouterConfig | None = None) -> None:
+                 config: RouterConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.fleet = fleet
         self.runtime = runtime
         self.config = cfg = config or RouterConfig()
-        self.accounting = RouterAccounting()
+        self.clock = clock
+        """The policies' ``now`` and the snapshots' ages (a seam for replayed time)."""
+        self.core = RoutingCore(cfg.model_name)
+        self._followed: Plan | None = None
+        """The fleet plan whose weights and admission limit the core holds."""
+        self._chosen_by: dict[int, ActivePolicy] = {}
+        """Request id -> the policy version that routed it, until its waiter takes it."""
         self.replicas: dict[int, _Replica] = {}
         self.telemetry = TelemetryWriter(cfg.telemetry_dir) if cfg.telemetry_dir else None
         self.snapshots = SnapshotWriter(cfg.telemetry_dir) if cfg.telemetry_dir else None
         self.window = WindowTracker()
+        # A fresh snapshot is a router event: held requests are offered again.
         self.scraper = Scraper(self._targets, interval_s=cfg.scrape_interval_s,
-                               stale_after_s=cfg.stale_after_s)
-        self._held: deque[tuple[Request, asyncio.Future, frozenset[int]]] = deque()
+                               stale_after_s=cfg.stale_after_s, on_round=self._drain)
         self._ids = itertools.count()
         self._run_id = uuid.uuid4().hex[:8]
         self._session: aiohttp.ClientSession | None = None
@@ -110,7 +122,6 @@ class Router:
         self._upstream: UpstreamPool | None = None
         self._monitor: asyncio.Task | None = None
         self._applying: asyncio.Task | None = None
-        self._t0 = time.monotonic()
         # Metrics.
         self.requests: dict[str, int] = {}
         self.ttft = prom.Histogram(LATENCY_BUCKETS)
@@ -159,9 +170,10 @@ class Router:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.scraper.stop()
-        for _, fut, _ in self._held:
-            if not fut.done():
-                fut.set_result(None)
+        for entry in self.core.held:
+            if isinstance(entry.ticket, asyncio.Future) and not entry.ticket.done():
+                entry.ticket.set_result((None, None))
+        self.core.held.clear()
         if self._session is not None:
             await self._session.close()
         if self._upstream is not None:
@@ -170,6 +182,10 @@ class Router:
             self.telemetry.close()  # a clean stop loses nothing
         if self.snapshots is not None:
             self.snapshots.flush()
+
+    @property
+    def accounting(self) -> RouterAccounting:
+        return self.core.accounting
 
     # -- replica set ---------------------------------------------------------------------
     def _targets(self) -> dict[int, str]:
@@ -184,11 +200,13 @@ class Router:
                 # Remember about as many prefix blocks as the replica can cache (one hash
                 # per 16-token KV block), sized as the simulator sizes it.
                 cost = self._menu().get(handle.spec)
-                self.accounting.add_replica(eid, cost.kv_blocks if cost else DEFAULT_KV_BLOCKS)
+                kv = cost.kv_blocks if cost else DEFAULT_KV_BLOCKS
+                self.core.add_replica(eid, handle.spec, kv_blocks=kv, prefix_capacity=kv)
+                self._followed = None  # the new replica's plan weight
         for eid in list(self.replicas):
             if eid not in engines:
                 del self.replicas[eid]
-                self.accounting.remove_replica(eid)
+                self.core.remove_replica(eid)
 
     async def _probe_health(self) -> None:
         """Mark replicas up or down from /health (and the last scrape's outcome)."""
@@ -242,7 +260,7 @@ class Router:
         if self.telemetry is not None:
             self.telemetry.flush_due()
         if self.snapshots is not None:
-            now = time.monotonic()
+            now = self.clock()
             for rid, m in list(self.scraper.latest.items()):
                 r = self.replicas.get(rid)
                 if r is not None:
@@ -250,16 +268,15 @@ class Router:
         self._sync_replicas()
         await self._probe_health()
         if self.config.reschedule and (self._applying is None or self._applying.done()):
-            plan = self.runtime.reschedule(self.cluster_view(), time.monotonic())
+            plan = self.runtime.reschedule(self.cluster_view(), self.clock())
             menu = self._menu() or set(self.fleet.plan().replicas)
-            if plan is not None and plan_problem(
-                plan, self.config.model_name, self.fleet.gpus_available(), menu
-            ):
+            review = review_plan(plan, self.fleet.plan(), self.config.model_name,
+                                 self.fleet.gpus_available(), menu)
+            if review.problem is not None:
                 self.runtime.reschedule_errors += 1  # the same rule the simulator faults on
-                plan = None
-            if plan is not None and plan != self.fleet.plan():
+            elif review.plan is not None:
                 self.plans_applied += 1
-                self._applying = asyncio.create_task(self.fleet.apply(plan, self.idle))
+                self._applying = asyncio.create_task(self.fleet.apply(review.plan, self.idle))
         self._drain()
 
     def _menu(self) -> dict[ReplicaSpec, SpecCost]:
@@ -272,93 +289,99 @@ class Router:
 
     def cluster_view(self) -> ClusterView:
         plan = self.fleet.plan()
-        window = self.window.summary(time.monotonic())
+        now = self.clock()
+        window = self.window.summary(now)
         menu = self._menu()
+        self._refresh(now)
         return ClusterView(
             window=window,
             gpus_available=self.fleet.gpus_available(),
             plan=plan,
-            replicas=self._views(None, frozenset()),
-            queued=len(self._held),
+            replicas=self.core.views(None, now),
+            queued=len(self.core.held),
             cold_start_s={spec: cost.cold_start_s for spec, cost in menu.items()},
             capacity_rps=capacities(self.config.model_name, menu, window) if menu else {},
             model=self.config.model_name,
         )
 
-    # -- routing ------------------------------------------------------------------------
-    def _views(self, request: Request | None, exclude: frozenset[int]) -> tuple[ReplicaView, ...]:
-        now = time.monotonic()
-        acct = self.accounting
-        weights = self.fleet.plan().weights
-        order = {e.id: i for i, e in enumerate(self.fleet.engines())}
-        views = []
+    # -- routing: the core decides, the router feeds it and waits -------------------------
+    def _refresh(self, now: float) -> None:
+        """Tell the core what the router knows now: states, reachability, snapshots, plan."""
+        core, scraper = self.core, self.scraper
         for r in self.replicas.values():
-            if r.down or r.id in exclude:
-                continue
-            m, age = self.scraper.view(r.id, now)
-            total = m.kv_blocks_total or DEFAULT_KV_BLOCKS
-            ledger = acct.ledger(r.id)
-            idx = order.get(r.id, -1)
-            views.append(ReplicaView(
-                r.id, r.handle.spec.gpu, r.handle.spec.tp, self._state(r),  # type: ignore[arg-type]
-                m.running, m.waiting, m.kv_blocks_used(total), total,
-                ledger.inflight_requests, ledger.inflight_tokens,
-                acct.prefix_overlap_blocks(r.id, request) if request is not None else 0,
-                age if math.isfinite(age) else 1e9,
-                weights[idx] if weights is not None and 0 <= idx < len(weights) else 1.0,
-            ))
-        return tuple(views)
+            slot = core.slot(r.id)
+            slot.state = self._state(r)  # type: ignore[assignment]
+            core.set_visible(r.id, not r.down)
+            m, _ = scraper.view(r.id, now)  # saturated when stale
+            total = m.kv_blocks_total or slot.kv_total  # else the catalogue's estimate
+            at = m.at if math.isfinite(m.at) else now - NEVER_SCRAPED_AGE_S
+            core.observe(r.id, m.running, m.waiting, m.kv_blocks_used(total), at, total)
+        plan = self.fleet.plan()
+        if plan is not self._followed:
+            core.follow_plan(plan)
+            self._followed = plan
 
-    def _admitted(self) -> bool:
-        limit = self.fleet.plan().admission_limit
-        if limit is None:
-            return True
-        inflight = sum(self.accounting.ledger(i).inflight_requests for i in self.replicas)
-        return inflight < limit
-
-    def _try_route(self, request: Request, exclude: frozenset[int]
-                   ) -> tuple[int | None, ActivePolicy | None, bool]:
-        """(replica, policy, any_serving): one routing attempt, no waiting."""
-        views = self._views(request, exclude)
-        serving = any(v.state == "serving" for v in views)
-        if not serving or not self._admitted():
-            return HOLD, None, serving
+    def _decide(self, request: Request, views: tuple[ReplicaView, ...], now: float) -> object:
+        """The policy's route() through the runtime's budget and fallbacks, timed."""
         t0 = time.perf_counter()
-        choice, active = self.runtime.route(request, views, time.monotonic())
+        choice, active = self.runtime.route(request, views, now)
         self.route_time.observe(time.perf_counter() - t0)
-        return choice, active, serving
+        if choice is not None:
+            self._chosen_by[request.id] = active
+        return choice
 
-    async def _route(self, request: Request, exclude: frozenset[int]
+    def _hand_over(self, dispatched: list[tuple[Held, int]]) -> None:
+        """Wake the waiter of each request the core dispatched."""
+        for entry, replica_id in dispatched:
+            active = self._chosen_by.pop(entry.request.id)
+            fut = entry.ticket
+            assert isinstance(fut, asyncio.Future)
+            if fut.done():  # its waiter is gone: the dispatch never happens
+                self.core.finish(replica_id, entry.request)
+            else:
+                fut.set_result((replica_id, active))
+
+    def _drain(self) -> None:
+        """Offer held requests again (a finish, a tick or a snapshot may have freed room)."""
+        if self.core.held:
+            now = self.clock()
+            self._refresh(now)
+            self._hand_over(self.core.drain(now, self._decide))
+
+    def _could_serve(self, exclude: frozenset[int]) -> bool:
+        return any(not r.down and r.id not in exclude and self._state(r) != "draining"
+                   for r in self.replicas.values())
+
+    async def _route(self, request: Request, exclude: frozenset[int], retry: bool = False
                      ) -> tuple[int | None, ActivePolicy | None]:
-        choice, active, serving = self._try_route(request, exclude)
-        if choice is not HOLD:
-            return choice, active
-        starting = any(not r.down and r.id not in exclude and self._state(r) == "starting"
-                       for r in self.replicas.values())
-        if not serving and not starting:
-            return None, None  # nothing can serve it: fail fast with 503
+        """Enqueue and drain (the core's arrival rule); wait while held.
+
+        A dispatched request is counted in flight on its replica: the caller must
+        ``_release`` it. (None, None) when nothing can serve it or it waited too long.
+        """
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._held.append((request, fut, exclude))
+        now = self.clock()
+        self._refresh(now)
+        entry, dispatched = self.core.arrive(request, now, self._decide, ticket=fut,
+                                             exclude=exclude, front=retry)
+        self._hand_over(dispatched)
+        if fut.done():
+            return fut.result()
+        if not self._could_serve(exclude):
+            self.core.withdraw(entry)
+            return None, None  # nothing is serving or starting: fail fast with 503
         try:
             return await asyncio.wait_for(fut, self.config.hold_timeout_s)
         except TimeoutError:
             return None, None
+        finally:
+            if not fut.done() or fut.cancelled():
+                self.core.withdraw(entry)
 
-    def _drain(self) -> None:
-        """Offer held requests again, oldest first (a finish or a tick freed capacity)."""
-        if not self._held:
-            return
-        still = deque()
-        while self._held:
-            request, fut, exclude = self._held.popleft()
-            if fut.done():
-                continue
-            choice, active, _ = self._try_route(request, exclude)
-            if choice is HOLD:
-                still.append((request, fut, exclude))
-            else:
-                fut.set_result((choice, active))
-        self._held = still
+    def _release(self, replica_id: int, request: Request) -> None:
+        """``request`` is off ``replica_id``: count it out and re-offer what is held."""
+        self.core.finish(replica_id, request)
+        self._drain()
 
     # -- request handling -------------------------------------------------------------
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -385,7 +408,7 @@ class Router:
             max_tokens = 0
         n = next(self._ids)
         req = Request(
-            id=n, arrival=time.monotonic(), prompt_tokens=count_tokens(data),
+            id=n, arrival=self.clock(), prompt_tokens=count_tokens(data),
             max_output_tokens=max_tokens or 256, prefix_hashes=prefix_hashes(data),
             prefix_block_tokens=BLOCK_TOKENS,
             session_id=str(body.get("user") or request.headers.get("x-session-id", "")),
@@ -396,30 +419,36 @@ class Router:
         chat = path.endswith("chat/completions")
         forwarded = _forwarded_headers(request)
 
-        exclude: frozenset[int] = frozenset()
+        exclude = NO_EXCLUSIONS
         row = _RowState(request_id, arrival_unix, req, max_tokens)
         while True:
-            choice, active = await self._route(req, exclude)
+            choice, active = await self._route(req, exclude, retry=bool(exclude))
             queue_s = time.perf_counter() - t0
             if choice is None:
                 row.finish(self, "rejected", queue_s=queue_s, version=active)
                 return _error(503, "no engine available to serve the request",
                               "service_unavailable", version=active)
             assert active is not None and self._upstream is not None
-            replica = self.replicas[choice]
-            self.accounting.on_dispatch(choice, req)
+            # From here the core counts the request on ``choice`` until it is released.
+            replica = self.replicas.get(choice)
             try:
+                if replica is None:  # left the fleet while the request waited to resume
+                    raise UpstreamError("replica gone")
                 upstream = await self._upstream.post(replica.handle.url, path, raw, forwarded)
             except UpstreamError:
-                self.accounting.on_finish(choice, req)
-                replica.down = True
+                self.core.finish(choice, req)
+                if replica is not None:
+                    replica.down = True
                 exclude = exclude | {choice}
                 self.retries += 1
                 continue
+            except BaseException:
+                self._release(choice, req)
+                raise
             if upstream.status in (502, 503) and len(exclude) + 1 < len(self.replicas):
                 # Refused before any byte reached the client: another replica may serve it.
                 self._upstream.release(upstream)
-                self.accounting.on_finish(choice, req)
+                self.core.finish(choice, req)
                 exclude = exclude | {choice}
                 self.retries += 1
                 continue
@@ -431,8 +460,7 @@ class Router:
             return await self._relay_whole(upstream, row, replica, active, t0, queue_s)
         finally:
             self._upstream.release(upstream)
-            self.accounting.on_finish(choice, req)
-            self._drain()
+            self._release(choice, req)
 
     async def _relay_stream(self, request: web.Request, upstream: Exchange, row: _RowState,
                             replica: _Replica, active: ActivePolicy, chat: bool, t0: float,
@@ -566,7 +594,7 @@ class Router:
                prom.sample("autopoiesis_upstream_retries_total", self.retries),
                prom.header("autopoiesis_held_requests", "gauge",
                            "Requests waiting in the router queue."),
-               prom.sample("autopoiesis_held_requests", len(self._held)),
+               prom.sample("autopoiesis_held_requests", len(self.core.held)),
                prom.header("autopoiesis_replica_up", "gauge", "1 when the replica serves."),
                prom.header("autopoiesis_replica_inflight_requests", "gauge",
                            "Requests the router has in flight on the replica.")]

@@ -20,15 +20,14 @@ from serving.policy_loader import builtin_source
 
 MICRO = Suite(("sandbox-micro",), (0,), 1.0)
 LO = builtin_source("least_outstanding")
+PICK = "kit.least_inflight(request, replicas)"  # what the seed's answers edit
+PICK_LINE = next(line for line in LO.splitlines() if PICK in line)
 
-GOOD_A = LO.replace(
-    "key = (r.inflight_requests, r.inflight_tokens, r.id)",
-    "key = (r.inflight_tokens, r.inflight_requests, r.id)",
-)
+GOOD_A = LO.replace(PICK, "kit.argmin(replicas, kit.inflight_tokens(request, replicas))")
 GOOD_B = LO.replace(
-    "key = (r.inflight_requests, r.inflight_tokens, r.id)",
-    "key = (r.inflight_requests + r.waiting, r.kv_usage, r.id)",
+    PICK, "kit.argmin(replicas, kit.waiting(request, replicas), kit.kv_use(request, replicas))"
 )
+assert LO != GOOD_A != GOOD_B != LO
 HOSTILE = {
     "escape": "import os\n\ndef route(request, replicas, now):\n"
     "    os.system('id')\n    return 0\n",
@@ -40,7 +39,6 @@ HOSTILE = {
 }
 
 
-LO_KEY = "key = (r.inflight_requests, r.inflight_tokens, r.id)"
 ROUTE_BY_TOKENS = (
     "def route(request, replicas, now):\n"
     "    serving = [r for r in replicas if r.state == 'serving']\n"
@@ -65,8 +63,8 @@ def menu() -> list[tuple[list[dict], list[dict]]]:
     good_fn = "Use tokens:\n```python\n" + ROUTE_BY_TOKENS + "```\n"
     udiff = (
         "```diff\n--- a/policy.py\n+++ b/policy.py\n@@ -1,1 +1,1 @@\n"
-        f"-        {LO_KEY}\n"
-        "+        key = (r.inflight_requests, -r.prefix_overlap_blocks, r.id)\n```\n"
+        f"-{PICK_LINE}\n"
+        "+    return kit.argmin(replicas, kit.prefix_miss(request, replicas))\n```\n"
     )
     no_global = (
         "```python\nfrom serving.contract import HOLD, Param\n"

@@ -115,7 +115,8 @@ class LLMDouble:
 def main() -> None:  # `python tests/llm_double.py`: a server for manual runs
     from serving.policy_loader import builtin_source
 
-    good = fenced(builtin_source("least_outstanding").replace("r.id)", "r.id) ", 1))
+    seed = builtin_source("least_outstanding")
+    good = fenced(seed.replace("kit.least_inflight(", "kit.least_inflight(  ", 1))
     with LLMDouble(lambda user: [{"content": good}]) as d:
         print(d.url, flush=True)
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from flows.evolution.edits import (
@@ -17,7 +19,7 @@ from flows.evolution.edits import (
 from flows.evolution.responses import normalised_hash
 from serving.policy_loader import builtin_source, load_policy
 
-LO = builtin_source("least_outstanding")
+LO = (Path(__file__).parent / "fixtures" / "hand_least_outstanding.py").read_text()
 KEY = "key = (r.inflight_requests, r.inflight_tokens, r.id)"
 
 

@@ -26,7 +26,9 @@ def _slow(delay: float):
 
     def steps(user: str) -> list[dict]:
         n, _ = request_of(user)
-        src = GOOD_B.replace("r.kv_usage", f"r.kv_usage + {n} * 0.0")
+        # A new constant each time, read by route: a new policy, the same behaviour.
+        kv = "kit.kv_use(request, replicas)"
+        src = GOOD_B.replace(kv, f"[x + {n} * 0.0 for x in {kv}]")
         return [{"content": fenced(src), "delay": delay}]
 
     return steps

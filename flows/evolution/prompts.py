@@ -1,11 +1,16 @@
 """Prompts for the proposer, rendered from the templates in ``prompts/``.
 
 Templates use ``string.Template`` (``$name``): policy code is full of braces,
-which ``str.format`` would trip over.
+which ``str.format`` would trip over. The kit reference is generated from the
+kit's own docstrings (one line per piece) and the examples are real policy files
+(``prompts/examples/``, loaded and checked by the tests), so neither can drift
+from the code.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import random
 from functools import cache
 from importlib import resources
@@ -13,6 +18,8 @@ from string import Template
 
 from flows.evolution.archive import Archive, Candidate
 from flows.evolution.edits import mark
+from serving import kit
+from serving.routing import SKIP_AHEAD
 
 HINTS = (
     "Focus on the scenario with the most SLO misses.",
@@ -29,6 +36,59 @@ MAX_ARCHIVED_CHARS = 2500
 def template(name: str) -> Template:
     text = resources.files("flows.evolution").joinpath("prompts", name).read_text("utf-8")
     return Template(text)
+
+
+def _signature(name: str) -> str:
+    obj = getattr(kit, name)
+    if inspect.isclass(obj):
+        return f"{name}()"
+    parts = []
+    for p in inspect.signature(obj).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            parts.append(f"*{p.name}")
+        elif p.default is not p.empty:
+            parts.append(f"{p.name}={p.default!r}")
+        else:
+            parts.append(p.name)
+    return f"{name}({', '.join(parts)})"
+
+
+@cache
+def kit_reference() -> str:
+    """Every kit piece as ``kit.name(args): first docstring line``, grouped by kind."""
+    lines = []
+    for title, names in kit.SECTIONS:
+        lines.append(f"{title}:")
+        for name in names:
+            summary = (inspect.getdoc(getattr(kit, name)) or "").splitlines()[0]
+            summary = summary.replace("``", "")  # reST quoting costs tokens, says nothing
+            lines.append(f"- kit.{_signature(name)}: {summary}")
+    return "\n".join(lines)
+
+
+EXAMPLES = ("ttft_weighted.py", "prefix_softmax_hold.py", "autoscale_on_risk.py")
+"""Composed policies shown in every prompt (files in ``prompts/examples/``)."""
+
+
+@cache
+def example_sources() -> dict[str, str]:
+    folder = resources.files("flows.evolution").joinpath("prompts", "examples")
+    return {name: folder.joinpath(name).read_text("utf-8") for name in EXAMPLES}
+
+
+def _example(name: str, source: str) -> str:
+    """An example under its docstring's line as the heading (the docstring itself is cut)."""
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    body = source.split('"""', 2)[2].strip() if doc else source.strip()
+    return f"### {name}: {doc.splitlines()[0] if doc else ''}\n```python\n{body}\n```"
+
+
+@cache
+def system_prompt() -> str:
+    contract = template("contract.md").safe_substitute(skip_ahead=SKIP_AHEAD)
+    examples = "\n".join(_example(name, source) for name, source in example_sources().items())
+    guide = template("kit.md").safe_substitute(reference=kit_reference(), examples=examples)
+    return template("system.md").safe_substitute(contract=contract, kit=guide)
 
 
 def _archived(cands: list[Candidate]) -> str:
@@ -61,7 +121,7 @@ def build_messages(
     n_diverse: int = 2,
     n_errors: int = 3,
 ) -> list[dict[str, str]]:
-    system = template("system.md").safe_substitute(contract=template("contract.md").template)
+    system = system_prompt()
     top = archive.top(n_top, exclude=(parent.id,))
     diverse = archive.diverse(n_diverse, rng, exclude=(parent.id, *[c.id for c in top]))
     errors = (

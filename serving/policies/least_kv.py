@@ -6,6 +6,7 @@ within KV_TOLERANCE of the lowest use count as tied (the GIE filter also keeps a
 band above the minimum); ties go to fewer router in-flight requests.
 """
 
+from serving import kit
 from serving.contract import HOLD, Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {
@@ -15,10 +16,8 @@ KV_TOLERANCE = 0.0
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = [r for r in replicas if r.state == "serving"]
+    serving = kit.serving_only(replicas)
     if not serving:
         return HOLD
-    lowest = min(r.kv_usage for r in serving)
-    # Small epsilon so equal usages computed from different block totals still tie.
-    band = [r for r in serving if r.kv_usage <= lowest + KV_TOLERANCE + 1e-12]
-    return min(band, key=lambda r: (r.inflight_requests, r.id)).id
+    band = kit.near_best(serving, kit.kv_use(request, serving), KV_TOLERANCE)
+    return kit.argmin(band, kit.inflight(request, band))

@@ -1,17 +1,16 @@
 """llm-d's default weighted scoring: queue (2) + KV-cache utilisation (2) + prefix (3).
 
 Mirrors the llm-d inference scheduler / Gateway API Inference Extension EPP
-(pkg/epp/scheduling/framework/plugins): filter, then score each candidate in
-[0, 1] and pick the max weighted sum. queue-scorer: (max_wait - wait) /
-(max_wait - min_wait) over the candidates, 1.0 when all equal; kv-cache-
-utilization-scorer: 1 - kv_usage; prefix-cache-scorer: matched prefix blocks /
-request blocks. The filter is GIE's sheddable-capacity filter (waiting <= 5,
-KV <= 0.8) and fails open to every serving replica when it leaves none, as the
-GIE decision tree does; max-score-picker breaks ties at random.
+(pkg/epp/scheduling/framework/plugins): filter, score each candidate in [0, 1],
+pick the best weighted sum. Here as costs (lower is better, the same argmin):
+queue-scorer (wait - min) / (max - min) over the candidates, kv-cache-utilization
+the KV use, prefix-cache the fraction of request blocks not cached. The filter is
+GIE's sheddable-capacity filter (waiting <= 5, KV <= 0.8) and fails open to every
+serving replica when it leaves none, as the GIE decision tree does;
+max-score-picker breaks ties at random.
 """
 
-import random
-
+from serving import kit
 from serving.contract import HOLD, Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {
@@ -30,30 +29,14 @@ FILTER_MAX_KV = 0.8
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = [r for r in replicas if r.state == "serving"]
+    serving = kit.serving_only(replicas)
     if not serving:
         return HOLD
-    candidates = [
-        r for r in serving if r.waiting <= FILTER_MAX_WAITING and r.kv_usage <= FILTER_MAX_KV
-    ]
-    if not candidates:
-        candidates = serving  # fail open: saturated replicas beat holding every request
-
-    # Queue scores are normalised over the candidates, as llm-d's queue scorer does.
-    lo = min(r.waiting for r in candidates)
-    hi = max(r.waiting for r in candidates)
-    blocks = len(request.prefix_hashes)
-
-    best_score = None
-    best: list[int] = []
-    for r in candidates:
-        queue = 1.0 if hi == lo else (hi - r.waiting) / (hi - lo)
-        kv = 1.0 - r.kv_usage
-        prefix = min(r.prefix_overlap_blocks, blocks) / blocks if blocks else 0.0
-        score = QUEUE_WEIGHT * queue + KV_WEIGHT * kv + PREFIX_WEIGHT * prefix
-        # Tolerance so float noise does not decide what is really a tie.
-        if best_score is None or score > best_score + 1e-9:
-            best_score, best = score, [r.id]
-        elif score >= best_score - 1e-9:
-            best.append(r.id)
-    return random.choice(best)
+    fit = kit.kv_at_most(kit.waiting_at_most(serving, FILTER_MAX_WAITING), FILTER_MAX_KV)
+    candidates = fit or serving  # fail open: saturated replicas beat holding every request
+    costs = kit.weighted(
+        (QUEUE_WEIGHT, kit.minmax(kit.waiting(request, candidates))),
+        (KV_WEIGHT, kit.kv_use(request, candidates)),
+        (PREFIX_WEIGHT, kit.prefix_miss(request, candidates)),
+    )
+    return kit.argmin_random(candidates, costs)

@@ -5,15 +5,11 @@ random.rs) and Envoy's RANDOM load balancer: stateless, load-blind, and free of
 the herding that stale load metrics cause.
 """
 
-import random
-
-from serving.contract import HOLD, Param, ReplicaView, Request
+from serving import kit
+from serving.contract import Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {}  # no constants to tune
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    serving = [r.id for r in replicas if r.state == "serving"]
-    if not serving:
-        return HOLD
-    return random.choice(serving)
+    return kit.uniform(replicas)  # HOLD when none is serving

@@ -7,6 +7,7 @@ not count what the router sent since, so bursts herd onto one replica: that
 failure mode is why it is a baseline.
 """
 
+from serving import kit
 from serving.contract import HOLD, Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {
@@ -18,11 +19,9 @@ RUNNING_WEIGHT = 0.0
 
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
-    best = None
-    for r in replicas:
-        if r.state != "serving":
-            continue
-        key = (r.waiting + RUNNING_WEIGHT * r.running, r.running, r.id)
-        if best is None or key < best:
-            best = key
-    return HOLD if best is None else best[2]
+    serving = kit.serving_only(replicas)
+    if not serving:
+        return HOLD
+    running = kit.running(request, serving)
+    queue = kit.weighted((1.0, kit.waiting(request, serving)), (RUNNING_WEIGHT, running))
+    return kit.argmin(serving, queue, running)
