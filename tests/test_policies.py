@@ -20,7 +20,7 @@ from serving.contract import (
     WorkloadWindow,
 )
 from serving.planning import plan_problem
-from serving.policy_loader import BUILTIN_POLICIES, LoadedPolicy, builtin_policy
+from serving.policy_loader import BUILTIN_POLICIES, LoadedPolicy, builtin_policy, builtin_source
 
 POLICY_DIR = Path(__file__).resolve().parents[1] / "serving" / "policies"
 H1, A1 = ReplicaSpec("H100", 1), ReplicaSpec("A100", 1)
@@ -422,3 +422,14 @@ def test_reconfigure_if_pays_prefers_capacity_per_gpu_and_repairs() -> None:
                    cold={a1: 10.0})  # fmt: skip
     # thr_old = 20, thr_new = min(30, 32) = 30: 10 * 50 = 500 > 20 * 10 = 200.
     assert p.reschedule(view, 0.0) == Plan((H1, H1, a1, a1))
+
+
+@pytest.mark.parametrize("name", BUILTIN_POLICIES)
+def test_every_tunable_constant_is_visible_to_the_tuner(name: str) -> None:
+    # The tuner reads PARAMS and their values from the source (never importing it): a
+    # value it cannot read (a tuple assignment, a computed one) is a constant no search
+    # can move.
+    from flows.evolution.tuning import read_params
+
+    params = builtin_policy(name).params
+    assert set(read_params(builtin_source(name))) == set(params)
