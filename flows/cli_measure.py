@@ -1,4 +1,4 @@
-"""``autopoiesis bench capacity``, ``bench headroom`` and ``bench regime``: honest measures.
+"""``autopoiesis bench compare``, ``bench capacity`` and ``bench headroom``: honest measures.
 
 Registered onto the main app by one line at the bottom of ``flows/cli.py``. Every
 figure is on a named split (``test`` by default: stretches evolution never sees) and
@@ -46,6 +46,48 @@ def _policy_source(spec: str) -> tuple[str, str]:
 
 def _ratio(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.3f}"
+
+
+def bench_compare(
+    policy: Annotated[str, typer.Option(help="Policy file, or a baseline's name.")],
+    scenarios: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    objective: Annotated[str, typer.Option(help="slo, capacity or cost.")] = "slo",
+    split: SplitOpt = "test",
+    seeds: SeedsOpt = "0,1,2",
+    scale: ScaleOpt = 1.0,
+    backend: Annotated[str, typer.Option(help="Sandbox: process or docker.")] = "process",
+    json_out: JsonOut = None,
+) -> None:
+    """A policy against the best of every baseline, per scenario (test split by default)."""
+    from sandbox.backends import SandboxUnavailable
+    from sandbox.compare import Setting, compare_to_baselines
+    from sandbox.compare import sandboxed as make_sandbox
+    from sandbox.objectives import Objective
+    from sandbox.scenarios import SCENARIO_NAMES
+
+    name, source = _policy_source(policy)
+    names = tuple(n.strip() for n in scenarios.split(",")) if scenarios else SCENARIO_NAMES
+    try:
+        setting = Setting(names, _seeds(seeds), scale, split, Objective(objective))
+        evaluate, owned = make_sandbox(backend)
+        try:
+            with console.status(f"{name} and every baseline on {len(names)} scenarios"):
+                c = compare_to_baselines(source, setting, name=name, evaluate=evaluate)
+        finally:
+            owned.close()
+    except (ValueError, SandboxUnavailable) as exc:
+        fail(str(exc))
+    grid = Table(title=f"{name} vs the best baseline ({objective}, {split} split, seeds {seeds})")
+    for col in ("scenario", name, "best baseline", "ratio"):
+        grid.add_column(col, justify="left" if col == "scenario" else "right")
+    for row in c.scenarios:
+        mine = "rejected" if row.policy.rejection else f"{row.policy.objective:.3f}"
+        best = f"{row.best_baseline:.3f} {row.best_baseline_name}"
+        style = "" if row.ratio >= 1 else "[red]"
+        grid.add_row(row.scenario, mine, best, f"{style}{_ratio(row.ratio)}")
+    console.print(grid)
+    console.print(f"mean ratio {_ratio(c.mean_ratio)}, min ratio {_ratio(c.min_ratio)}")
+    write_json(json_out, c.to_dict())
 
 
 def bench_capacity(
@@ -179,5 +221,6 @@ def bench_headroom(
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    bench_app.command("compare")(bench_compare)
     bench_app.command("capacity")(bench_capacity)
     bench_app.command("headroom")(bench_headroom)
