@@ -34,6 +34,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from sandbox.objectives import run_objective
 from sandbox.protocol import (
     MAX_REQUEST_BYTES,
     EvalRequest,
@@ -42,6 +43,7 @@ from sandbox.protocol import (
     ScenarioResult,
     sha256_text,
 )
+from sandbox.slo_capacity import CapacitySearch, scenario_capacity
 
 _clock = time.perf_counter  # bound before any candidate code can rebind time.perf_counter
 _REASON_MAX = 400
@@ -251,8 +253,6 @@ def evaluate(req: EvalRequest) -> EvalResponse:
         except _Rejected as r:
             return r.response
         wall = _clock() - t0
-        from sandbox.objectives import run_objective
-
         summary["objective"] = run_objective(summary, req.objective)
         results.append(
             ScenarioResult(
@@ -268,7 +268,6 @@ def evaluate(req: EvalRequest) -> EvalResponse:
 
 def _capacity(req: EvalRequest, scenario: Any, name: str, seed: int, before) -> dict[str, float]:
     """The policy's SLO capacity on ``scenario``: each probe a fresh run (``_run``)."""
-    from sandbox.slo_capacity import CapacitySearch, scenario_capacity
 
     def attainment(probe: Any) -> float:
         return _run(req, probe, name, seed, before)[0]["slo_attainment"]

@@ -178,6 +178,40 @@ def gap_closed(value: float, best_baseline: float, reference: float) -> float:
     return (value - best_baseline) / gap if gap > 1e-9 else math.nan
 
 
+@dataclass
+class _Runs:
+    """One scenario's seeds and the policies of both sides, by label (``name[:oracle]``)."""
+
+    built: dict[int, Scenario]
+    policies: dict[str, Callable[[], LoadedPolicy]]
+
+    def scenario(self, label: str, seed: int) -> Scenario:
+        return oracle(self.built[seed]) if label.endswith(":oracle") else self.built[seed]
+
+    def attainment_on(self, label: str, scenario: Scenario, seed: int) -> float:
+        # A fresh load per run: module globals are policy state.
+        return simulate(scenario, self.policies[label](), seed=seed).summary()["slo_attainment"]
+
+    def attainment(self, label: str) -> float:
+        return float(
+            np.mean([self.attainment_on(label, self.scenario(label, s), s) for s in self.built])
+        )
+
+    def capacity(self, label: str, search: CapacitySearch) -> float:
+        return float(
+            np.mean(
+                [
+                    scenario_capacity(
+                        self.scenario(label, s),
+                        lambda sc, s=s: self.attainment_on(label, sc, s),
+                        search,
+                    ).scale
+                    for s in self.built
+                ]
+            )
+        )
+
+
 def headroom(
     name: str,
     *,
@@ -193,63 +227,35 @@ def headroom(
     tick = progress or (lambda _what: None)
     built = {s: build_scenario(name, s, scale=scale, split=split) for s in seeds}
     plain = {b: (lambda b=b: builtin_policy(b)) for b in baselines}
-    oracle_side = {f"{b}:oracle": f for b, f in plain.items()}
-    oracle_side |= {f"{k}:oracle": f for k, f in _clairvoyant_policies(built[seeds[0]]).items()}
-
-    def scenario_for(policy: str, seed: int) -> Scenario:
-        return oracle(built[seed]) if policy.endswith(":oracle") else built[seed]
-
+    clairvoyant = {f"{b}:oracle": f for b, f in plain.items()}
+    clairvoyant |= {f"{k}:oracle": f for k, f in _clairvoyant_policies(built[seeds[0]]).items()}
+    runs = _Runs(built, plain | clairvoyant)
     attainment: dict[str, float] = {}
-    for label, make in (plain | oracle_side).items():
-        values = [
-            simulate(scenario_for(label, s), make(), seed=s).summary()["slo_attainment"]
-            for s in seeds
-        ]
-        attainment[label] = float(np.mean(values))
+    for label in runs.policies:
+        attainment[label] = runs.attainment(label)
         tick(f"{name} / {label}")
     best = max(plain, key=lambda b: attainment[b])
-    clair = max(oracle_side, key=lambda b: attainment[b])
-    bound = float(np.mean([no_contention(built[s])["slo_attainment"] for s in seeds]))
-    tick(f"{name} / no contention")
+    clair = max(clairvoyant, key=lambda b: attainment[b])
+    bound = float(np.mean([no_contention(b)["slo_attainment"] for b in built.values()]))
     out = Headroom(
-        name,
-        split,
-        tuple(seeds),
-        scale,
-        Side(best, attainment[best]),
-        Side(clair, attainment[clair]),
-        bound,
+        name, split, tuple(seeds), scale, Side(best, attainment[best]),
+        Side(clair, attainment[clair]), bound,
         nominal_rps=float(np.mean([nominal_rps(b) for b in built.values()])),
         attainment=attainment,
-    )
+    )  # fmt: skip
     if not capacity:
         return out
-    search = CapacitySearch(target)
 
-    def best_capacity(side: dict[str, Callable[[], LoadedPolicy]]) -> Side:
+    def best_capacity(side: Sequence[str]) -> Side:
         ranked = sorted(side, key=lambda b: -attainment[b])[:CAPACITY_CANDIDATES]
         found = {}
         for label in ranked:
-            found[label] = float(
-                np.mean(
-                    [
-                        scenario_capacity(
-                            scenario_for(label, s),
-                            lambda sc, s=s, label=label: simulate(
-                                sc, side[label](), seed=s
-                            ).summary()["slo_attainment"],
-                            search,
-                        ).scale
-                        for s in seeds
-                    ]
-                )
-            )
+            found[label] = runs.capacity(label, CapacitySearch(target))
             tick(f"{name} / capacity of {label}")
         top = max(found, key=lambda k: found[k])
         return Side(top, found[top])
 
     return replace(
-        out,
-        best_baseline_capacity=best_capacity(plain),
-        clairvoyant_capacity=best_capacity(oracle_side),
-    )
+        out, best_baseline_capacity=best_capacity(list(plain)),
+        clairvoyant_capacity=best_capacity(list(clairvoyant)),
+    )  # fmt: skip
