@@ -61,7 +61,9 @@ def test_headroom_orders_its_three_figures() -> None:
     assert h.best_baseline.name == "prefix_affinity"
     assert h.best_baseline.value <= h.no_contention + 1e-9
     assert h.clairvoyant.value <= h.no_contention + 1e-9
-    assert h.clairvoyant.name.endswith(":oracle")
+    # The clairvoyant side keeps the plain baselines: it is never below the best of them.
+    assert h.clairvoyant.value >= h.best_baseline.value
     assert h.best_baseline_capacity is not None and h.best_baseline_capacity.value > 0
-    assert h.clairvoyant_capacity is not None and h.clairvoyant_capacity.value > 0
+    assert h.clairvoyant_capacity is not None
+    assert h.clairvoyant_capacity.value >= h.best_baseline_capacity.value
     assert set(h.to_dict()) >= {"scenario", "best_baseline", "clairvoyant", "no_contention"}
