@@ -47,7 +47,7 @@ def evolve(
         typer.Option(help="Full suite for the promising ('all', 'none', or names)."),
     ] = None,
     scale: Annotated[float, typer.Option(
-        help="Scale of the quick suite (removes spare fleet units, never run length).")] = 0.5,
+        help="Scale of the quick suite (below 1 leaves the full suite's regime).")] = 1.0,
     full_scale: Annotated[float, typer.Option(help="Scale of the full suite.")] = 1.0,
     generations: Annotated[int, typer.Option(help="Generations after the seeds.")] = 4,
     population: Annotated[int, typer.Option(help="Candidates per generation.")] = 4,

@@ -15,16 +15,19 @@
   step); the rate is normalised per stretch, so every seed sits at the same load.
   Same ``(name, seed, scale)`` → identical scenario.
 
-``scale`` (0 < scale <= 1) makes smaller runs *in the same regime*: it shrinks the fleet
-to ``round(units * scale)`` units, never below the scenario's minimum (at least two
-replicas so routing still matters, three where two crash in turn), and drops the request
-groups the removed units would have served (``stretches.thin``: whole sessions or prefix
-groups, so the per-replica load, the time structure and every prefix hit among the kept
-requests stay). It never shortens a run: near saturation a queue takes the whole run to
-build, and a half-length run measured a different problem (steady-conv least_outstanding
-0.955 -> 1.000, llama70b-tp 0.849 -> 0.942, replica-failure on two replicas 0.805 ->
-0.221). Only prefix-heavy has units to spare (4 -> 2 at scale 0.5); every other scenario
-is the same at any scale. Quick checks are quick by running fewer scenarios and seeds.
+``scale`` (0 < scale <= 1) makes smaller runs for tests and demos: it shrinks the fleet to
+``round(units * scale)`` units, never below the scenario's minimum (at least two replicas
+so routing still matters, three where two crash in turn), and drops the request groups
+the removed units would have served (``stretches.thin``: whole sessions or prefix groups,
+so the per-replica load, the time structure and every prefix hit among the kept requests
+stay). It never shortens a run: near saturation a queue takes the whole run to build,
+and a half-length run measured a different problem (steady-conv least_outstanding 0.955
+-> 1.000, llama70b-tp 0.849 -> 0.942, length-shift +0.10). Only prefix-heavy has units
+to spare (4 -> 2 at 0.5), and even that is not the same regime on every stretch: two
+replicas pool 15k-66k-token prompts worse than four (least_outstanding on test stretches
+0.716 -> 0.301, 0.837 -> 0.385). So the suites evolution scores on run at full size
+(``flows.evolution.config.QUICK_SCALE`` = 1); every other scenario is the same at any
+scale.
 
 ``split`` (``train`` or ``test``) picks the part of each trace the seed draws its stretch
 from (``sandbox.splits``); each split's load is calibrated on its own (``Load``).

@@ -39,7 +39,6 @@ def _same(a, b) -> bool:
 
 
 @needs_traces
-@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "test"])
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_quick_scale_keeps_the_regime(name: str, split: str) -> None:
@@ -60,3 +59,16 @@ def test_quick_scale_keeps_the_regime(name: str, split: str) -> None:
     second = quick["objective"].sort_values(ascending=False).iloc[1]
     for policy in top_two:
         assert quick.at[policy, "objective"] >= second - TIE, (policy, quick["objective"])
+
+
+@needs_traces
+def test_halving_prefix_heavy_leaves_the_regime() -> None:
+    # Why QUICK_SCALE is 1: two replicas pool 15k-66k-token prompts worse than four, so
+    # on this test stretch least_outstanding falls from ~0.72 to ~0.30 on half the fleet.
+    # If this starts passing within the tolerance, a smaller quick scale may be possible.
+    full, half = (
+        bench_baselines(["prefix-heavy"], ["least_outstanding"], scale=s, split="test")
+        for s in (1.0, 0.5)
+    )
+    drift = half["slo_attainment"].iloc[0] - full["slo_attainment"].iloc[0]
+    assert abs(drift) > TOLERANCE
