@@ -1,19 +1,22 @@
 """The named scenario suite: real traces on small clusters, each sized to sit near saturation.
 
-``build_scenario(name, seed, scale=)`` returns a ``Scenario`` replayed by the simulator;
+``build_scenario(name, seed, scale=, split=)`` returns a ``Scenario`` replayed by the simulator;
 ``SCENARIO_NAMES`` lists them. Every scenario is built from the public traces in
 ``shared/traces`` (see its README), never from synthetic Poisson traffic alone:
 
 - load is changed by compressing inter-arrival gaps (``transforms.scale_rate``), so each
   trace keeps its burst structure;
 - the load is set in requests/s *per fleet unit* (one replica, or one H100 + A100 pair)
-  and calibrated so the better routing baselines (least_outstanding, llmd_weighted) meet
-  the SLO for roughly 60-95 % of requests and the load-blind ones (round_robin,
-  random_choice) visibly less, wherever routing can matter (the calibration table is in
-  the evaluation-core issue's report); that is the regime where policies differ;
+  and calibrated, per split, so the better routing baselines (least_outstanding,
+  llmd_weighted) meet the SLO for roughly 60-95 % of requests on average over seeds and
+  the load-blind ones (round_robin, random_choice) visibly less, wherever routing can
+  matter (the tables are in the README); that is the regime where policies differ;
 - the seed picks *which* stretch of the trace is replayed (and seeds every random
-  step); the rate is normalised per stretch, so every seed sits at the same load.
-  Same ``(name, seed, scale)`` → identical scenario.
+  step); the rate is normalised per stretch on the capacity estimate, so every seed
+  sits at the same *estimated* load. The estimate misses part of what sets the SLO knee
+  (the output-length mix, drift inside a stretch), so near saturation seeds still spread
+  widely: compare policies over several seeds, paired.
+  Same ``(name, seed, scale, split)`` → identical scenario.
 
 ``scale`` (0 < scale <= 1) makes smaller runs for tests and demos: it shrinks the fleet to
 ``round(units * scale)`` units, never below the scenario's minimum (at least two replicas

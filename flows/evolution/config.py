@@ -193,7 +193,9 @@ class EvolutionConfig:
     """A cell's elite is replaced only by a candidate better by more than this."""
     backend: str = "process"
     parallel: int = 2
-    eval_wall_s: float = 60.0
+    eval_wall_s: float = 180.0
+    """Sandbox deadline of one evaluation: the full suite is 20 full-size simulations
+    (1-1.7 s each measured with this machine's two cores shared by other work)."""
     eval_memory_mb: int = 1024
     llm: LLMConfig = LLMConfig()
     objective: Objective = field(default_factory=Objective)
