@@ -20,6 +20,24 @@ JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results 
 SplitOpt = Annotated[str, typer.Option(help="train, or test (stretches evolution never sees).")]
 SeedsOpt = Annotated[str, typer.Option(help="Comma-separated seeds (each a trace stretch).")]
 ScaleOpt = Annotated[float, typer.Option(help="Scenario scale (1 = full size).")]
+BaselinesOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated baselines to compare with; default all.")
+]
+
+
+def _baselines(text: str | None) -> tuple[str, ...]:
+    from serving.policy_loader import BUILTIN_POLICIES
+
+    if not text:
+        return BUILTIN_POLICIES
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in BUILTIN_POLICIES]
+    if unknown or not names:
+        fail(
+            f"--baselines: unknown {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(BUILTIN_POLICIES)}"
+        )
+    return names
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -55,6 +73,7 @@ def bench_compare(
     split: SplitOpt = "test",
     seeds: SeedsOpt = "0,1,2",
     scale: ScaleOpt = 1.0,
+    baselines: BaselinesOpt = None,
     backend: Annotated[str, typer.Option(help="Sandbox: process or docker.")] = "process",
     json_out: JsonOut = None,
 ) -> None:
@@ -72,7 +91,9 @@ def bench_compare(
         evaluate, owned = make_sandbox(backend)
         try:
             with console.status(f"{name} and every baseline on {len(names)} scenarios"):
-                c = compare_to_baselines(source, setting, name=name, evaluate=evaluate)
+                c = compare_to_baselines(
+                    source, setting, name=name, baselines=_baselines(baselines), evaluate=evaluate
+                )
         finally:
             owned.close()
     except (ValueError, SandboxUnavailable) as exc:
@@ -97,6 +118,7 @@ def bench_capacity(
     split: SplitOpt = "test",
     seeds: SeedsOpt = "0",
     scale: ScaleOpt = 1.0,
+    baselines: BaselinesOpt = None,
     backend: Annotated[str, typer.Option(help="Sandbox for a policy file: process, docker.")] = (
         "process"
     ),
@@ -116,13 +138,19 @@ def bench_capacity(
     name, source = _policy_source(policy)
     try:
         setting = Setting((scenario,), _seeds(seeds), scale, split, Objective("capacity", target))
-        with console.status(f"capacity of the {len(BUILTIN_POLICIES)} baselines on {scenario}"):
-            table = evaluate_baselines(setting, evaluate=in_process)
+        chosen = _baselines(baselines)
+        with console.status(f"capacity of the {len(chosen)} baselines on {scenario}"):
+            table = evaluate_baselines(setting, chosen, evaluate=in_process)
         evaluate, owned = (in_process, None) if name in BUILTIN_POLICIES else make_sandbox(backend)
         try:
             with console.status(f"capacity of {name}"):
                 comparison = compare_to_baselines(
-                    source, setting, name=name, evaluate=evaluate, baseline_table=table
+                    source,
+                    setting,
+                    name=name,
+                    baselines=chosen,
+                    evaluate=evaluate,
+                    baseline_table=table,
                 )
         finally:
             if owned is not None:

@@ -14,26 +14,20 @@ QUICK = ("--scale", "0.5", "--seeds", "0")  # prefix-heavy on 2 replicas: ~440 r
 
 @needs_traces
 def test_bench_compare_reports_ratios_to_the_best_baseline(tmp_path):
-    policy = tmp_path / "lo.py"
-    policy.write_text(builtin_source("least_outstanding"))
+    policy = tmp_path / "rr.py"
+    policy.write_text(builtin_source("round_robin"))
     out = tmp_path / "c.json"
     result = run(
-        "bench",
-        "compare",
-        "--policy",
-        str(policy),
-        "--scenarios",
-        "prefix-heavy",
-        *QUICK,
-        "--json",
-        str(out),
-    )
+        "bench", "compare", "--policy", str(policy), "--scenarios", "mixed-pool", "--seeds", "0",
+        "--baselines", "round_robin,least_outstanding,random_choice", "--json", str(out),
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     c = json.loads(out.read_text())
     (row,) = c["scenarios"]
-    # least_outstanding ignores the prefix cache: a cache-aware baseline beats it here.
-    assert row["best_baseline_name"] in ("prefix_affinity", "llmd_weighted")
-    assert row["ratio"] < 1 and c["min_ratio"] == row["ratio"] and c["split"] == "test"
+    # Round robin overloads the A100 (a third of the H100's speed): least_outstanding wins.
+    assert row["best_baseline_name"] == "least_outstanding"
+    assert set(row["baselines"]) == {"round_robin", "least_outstanding", "random_choice"}
+    assert row["ratio"] < 0.8 and c["min_ratio"] == row["ratio"] and c["split"] == "test"
 
 
 @needs_traces
@@ -47,6 +41,8 @@ def test_bench_capacity_and_headroom(tmp_path):
         "--scenario",
         "prefix-heavy",
         *QUICK,
+        "--baselines",
+        "round_robin",
         "--json",
         str(cap),
     )
