@@ -34,7 +34,7 @@ from prefect.tasks import exponential_backoff
 from flows.evolution.cascade import Cascade, Outcome
 from flows.evolution.config import Suite
 from sandbox.evaluator import Evaluator
-from sandbox.protocol import EvalRequest, EvalResponse, Limits
+from sandbox.protocol import EvalRequest, EvalResponse
 
 
 class InfrastructureError(RuntimeError):
@@ -155,14 +155,8 @@ def run_on(runner: Any, fn: Callable[[], Any]) -> Any:
 
 class TaskCascade(Cascade):
     def evaluate_many(self, sources: Sequence[str], suite: Suite) -> list[Outcome]:
-        limits = Limits(wall_s=self.cfg.eval_wall_s, memory_mb=self.cfg.eval_memory_mb)
-        reqs = [
-            EvalRequest.build(
-                src, suite.scenarios, seeds=suite.seeds, scale=suite.scale, limits=limits,
-                name="candidate", windows_dir=suite.windows_dir,
-            )
-            for src in sources
-        ]
+        # The same requests as the in-process cascade (split, objective and limits included).
+        reqs = self._requests(sources, suite)
         out: list[Outcome | None] = [None] * len(reqs)
         todo: list[tuple[int, EvalRequest]] = []
         for i, req in enumerate(reqs):
