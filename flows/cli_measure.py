@@ -62,6 +62,10 @@ def _policy_source(spec: str) -> tuple[str, str]:
     return path.name, path.read_text(encoding="utf-8")
 
 
+def _label(name: str) -> str:
+    return name.replace(":oracle", " (oracle)")
+
+
 def _ratio(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.3f}"
 
@@ -230,10 +234,10 @@ def bench_headroom(
         grid.add_row(
             h.scenario,
             f"{h.best_baseline.value:.3f} {h.best_baseline.name}",
-            f"{h.clairvoyant.value:.3f} {h.clairvoyant.name.removesuffix(':oracle')}",
+            f"{h.clairvoyant.value:.3f} {_label(h.clairvoyant.name)}",
             f"{h.no_contention:.3f}",
             "-" if bc is None else f"{bc.value:.2f}x {bc.name}",
-            "-" if cc is None else f"{cc.value:.2f}x {cc.name.removesuffix(':oracle')}",
+            "-" if cc is None else f"{cc.value:.2f}x {_label(cc.name)}",
         )
     console.print(grid)
     write_json(
