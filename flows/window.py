@@ -14,6 +14,7 @@ fallback is the catalogue scenarios whose traffic is nearest to the window
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -48,12 +49,18 @@ class Window:
 
     def metrics(self) -> dict[str, float]:
         d = {k: float(v) for k, v in asdict(self).items() if isinstance(v, int | float)}
-        d |= {f"slo.{k}": v for k, v in self.slo_by_version.items()}
+        d |= {f"slo.{_metric_name(k)}": v for k, v in self.slo_by_version.items()}
         d |= {f"live.{k}": v for k, v in self.live.items()}
         return d
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _metric_name(version: str) -> str:
+    # MLflow metric names allow only [A-Za-z0-9_ ./:-]; a router fallback's version is
+    # "baseline:<name>@<sha>", and one bad name fails the whole pull flow's log call.
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", version)
 
 
 def _prefix_reuse(frame: pd.DataFrame) -> float:

@@ -3,7 +3,7 @@ import os
 # Writes a forged "perfect" response on every descriptor that might be the
 # protocol channel, then ends the process before the harness can answer.
 _fake = (
-    '{"version":2,"key":"forged","nonce":"forged","backend":"","wall_s":0,"ok":true,'
+    '{"version":3,"key":"forged","nonce":"forged","backend":"","wall_s":0,"ok":true,'
     '"results":[{"scenario":"sandbox-micro","seed":0,"summary":{"objective":1e9},'
     '"decision_stats":{},"wall_s":0}],"rejection":null}\n'
 )
