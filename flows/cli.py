@@ -134,7 +134,10 @@ def bench_baselines(
     scenarios: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
     policies: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
     scale: Annotated[float, typer.Option(help="Shrink scenarios for a quick look.")] = 1.0,
-    seed: int = 0,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; metrics are means.")] = "0",
+    split: Annotated[str, typer.Option(help="train, or test (held-out trace stretches).")] = (
+        "train"
+    ),
     json_out: JsonOut = None,
     plot: Annotated[Path | None, typer.Option(help="Save a heat map (PNG) here.")] = None,
 ) -> None:
@@ -147,18 +150,26 @@ def bench_baselines(
     scenario_list = scenarios.split(",") if scenarios else list(SCENARIO_NAMES)
     policy_list = policies.split(",") if policies else list(BUILTIN_POLICIES)
     try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        _fail(f"--seeds must be comma-separated integers, not {seeds!r}")
+    try:
         with _progress() as bar:
             task = bar.add_task("simulating", total=len(scenario_list) * len(policy_list))
             table = run(
                 scenario_list,
                 policy_list,
-                seed=seed,
+                seeds=seed_list,
                 scale=scale,
+                split=split,
                 on_result=lambda what: bar.update(task, advance=1, description=what),
             )
     except ValueError as exc:
         _fail(str(exc))
-    grid = Table(title="SLO attainment (objective's main term); ★ = best objective per scenario")
+    grid = Table(
+        title=f"SLO attainment, {split} split, mean over seeds {seeds}; "
+        "★ = best objective per scenario"
+    )
     grid.add_column("policy")
     for name in scenario_list:
         grid.add_column(name, justify="right")
@@ -174,8 +185,9 @@ def bench_baselines(
     write_json(
         json_out,
         {
-            "seed": seed,
+            "seeds": list(seed_list),
             "scale": scale,
+            "split": split,
             "metrics": list(TABLE_METRICS),
             "rows": table.to_dict(orient="records"),
         },
@@ -319,10 +331,15 @@ def evaluate(
     backend: Backend = "auto",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     scale: Annotated[float, typer.Option(help="Shrink scenarios for a quick look.")] = 1.0,
+    split: Annotated[str, typer.Option(help="train, or test (held-out trace stretches).")] = (
+        "train"
+    ),
+    objective: Annotated[str, typer.Option(help="slo, capacity or cost.")] = "slo",
     json_out: JsonOut = None,
 ) -> None:
     """Score one policy file inside the sandbox."""
     from sandbox.backends import SandboxUnavailable
+    from sandbox.objectives import Objective
     from sandbox.selftest import evaluate as run
 
     if not policy.is_file():
@@ -334,6 +351,8 @@ def evaluate(
             backend,
             seeds=tuple(int(s) for s in seeds.split(",")),
             scale=scale,
+            split=split,
+            objective=Objective(objective),
         )
     except (SandboxUnavailable, OSError, ValueError) as exc:
         _fail(str(exc))
@@ -384,3 +403,8 @@ _register_control(app)
 from flows.cli_replay import register as _register_replay  # noqa: E402
 
 _register_replay(app)
+
+
+from flows.cli_measure import register as _register_measure  # noqa: E402
+
+_register_measure(app, bench_app)

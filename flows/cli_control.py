@@ -97,7 +97,7 @@ def demo(
 ) -> None:
     """The closed loop on a live router: shift, drift, evolve, promote, before/after."""
     quiet_defaults()
-    from flows.demo import DemoConfig, better, on_cpu_engines, run_demo
+    from flows.demo import DemoConfig, on_cpu_engines, run_demo, verdict_line
 
     if engines not in ("simulated", "llamacpp"):
         fail(f"--engines must be simulated or llamacpp, not {engines!r}")
@@ -113,22 +113,30 @@ def demo(
             fail(f"llama.cpp engines unavailable: {why}")
         cfg = on_cpu_engines(cfg, quick)
     out = run_demo(cfg, log=lambda m: console.print(m, highlight=False))
-    table = Table(title="Live code traffic: before vs after the promoted champion")
-    for col in ("", "SLO attainment", "TTFT p50", "TTFT p99", "E2E p50", "E2E p99", "requests"):
+    table = Table(title="Live code traffic: before vs after the promoted champion, and the "
+                  "best static baseline replayed on the same requests")
+    for col in ("", "policy", "SLO attainment", "TTFT p50", "TTFT p99", "E2E p50", "E2E p99",
+                "requests"):
         table.add_column(col, justify="right")
-    for name in ("before", "after"):
-        m = out[name]
+    static = out["best_static"] or {}
+    rows = (("before", out["champion"], out["before"]),
+            ("after", f"v{out['promoted_version']}", out["after"]),
+            ("best static", static.get("name", "-"), static.get("metrics")))
+    for label, policy, m in rows:
         if m:
-            table.add_row(name, f"{m['slo_attainment']:.3f}", f"{m['ttft_p50_s']:.3f}s",
+            table.add_row(label, policy, f"{m['slo_attainment']:.3f}", f"{m['ttft_p50_s']:.3f}s",
                           f"{m['ttft_p99_s']:.3f}s", f"{m['e2e_p50_s']:.3f}s",
                           f"{m['e2e_p99_s']:.3f}s", f"{m['requests']:.0f}")
     console.print(table)
     console.print(
-        f"drift detected {out['drift_detected_s']}s after the shift; promoted "
-        f"v{out['promoted_version']} {out['promoted_s']}s after it; better: "
-        f"{better(out['before'], out['after'])}",
+        f"drift detected {out['drift_detected_s']}s after the shift; "
+        + (f"promoted v{out['promoted_version']} {out['promoted_s']}s after it"
+           if out["promoted_version"] else "nothing promoted"),
         highlight=False,
     )
+    v = out["verdict"]
+    console.print(verdict_line("after vs before", v["after_vs_before"]), highlight=False)
+    console.print(verdict_line("live vs best static", v["live_vs_best_static"]), highlight=False)
     console.print(f"MLflow UI:  mlflow ui --backend-store-uri {out['tracking_uri']}")
     console.print("Prefect UI: prefect server start   (then: autopoiesis deploy)")
     write_json(json_out, out)

@@ -54,7 +54,9 @@ def evolve(
         str | None,
         typer.Option(help="Full suite for the promising ('all', 'none', or names)."),
     ] = None,
-    scale: Annotated[float, typer.Option(help="Scenario scale of both suites.")] = 0.2,
+    scale: Annotated[float, typer.Option(
+        help="Scale of the quick suite (below 1 leaves the full suite's regime).")] = 1.0,
+    full_scale: Annotated[float, typer.Option(help="Scale of the full suite.")] = 1.0,
     generations: Annotated[int, typer.Option(help="Generations after the seeds.")] = 4,
     population: Annotated[int, typer.Option(help="Candidates per generation.")] = 4,
     islands: Annotated[int, typer.Option(help="Archive islands.")] = 2,
@@ -106,6 +108,12 @@ def evolve(
     confirm_requests: Annotated[int, typer.Option(help="Replay stage: requests replayed.")] = 200,
     confirm_time_scale: Annotated[float, typer.Option(
         help="Replay stage, simulated engines: wall seconds per model second.")] = 1.0,
+    objective: Annotated[str, typer.Option(help="slo, capacity or cost (sandbox.objectives).")] = (
+        "slo"
+    ),
+    target: Annotated[float, typer.Option(help="capacity: SLO attainment to keep.")] = 0.90,
+    gpu_budget: Annotated[float, typer.Option(
+        help="cost: GPU time allowed, as a share of the starting plan's.")] = 0.75,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Evolve routing policies in the sandbox; register the best as the MLflow challenger."""
@@ -123,6 +131,7 @@ def evolve(
     from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
     from sandbox.backends import SandboxUnavailable
+    from sandbox.objectives import Objective
     from sandbox.scenarios import SCENARIO_NAMES
 
     def names(text: str) -> tuple[str, ...]:
@@ -130,6 +139,10 @@ def evolve(
 
     if task_runner not in ("threads", "dask"):
         _fail(f"unknown task runner {task_runner!r} (threads or dask)")
+    try:
+        chosen = Objective(objective, target=target, gpu_budget=gpu_budget)
+    except ValueError as e:
+        _fail(f"--objective: {e}")
     wdir = str(windows_dir.resolve()) if windows_dir else None
     quick = (
         SuiteCfg(names(scenarios), (0,), scale, windows_dir=wdir)
@@ -137,11 +150,11 @@ def evolve(
         else SuiteCfg(QUICK_SUITE.scenarios, QUICK_SUITE.seeds, scale)
     )
     if full_scenarios in (None, "all"):
-        full: SuiteCfg | None = SuiteCfg(SCENARIO_NAMES, FULL_SUITE.seeds, scale)
+        full: SuiteCfg | None = SuiteCfg(SCENARIO_NAMES, FULL_SUITE.seeds, full_scale)
     elif full_scenarios == "none":
         full = None
     else:
-        full = SuiteCfg(names(full_scenarios), FULL_SUITE.seeds, scale)
+        full = SuiteCfg(names(full_scenarios), FULL_SUITE.seeds, full_scale)
     base_url = None if llm == "none" else DEFAULT_URL if llm == "local" else llm
     try:
         confirm = ConfirmStage(top_k=confirm_top_k, target=confirm_engines,
@@ -166,6 +179,7 @@ def evolve(
         confirm=confirm,
         llm_wait_s=None if llm_wait_always else llm_wait,
         llm_concurrency=llm_concurrency,
+        objective=chosen,
     )
     if llm == "local":
         # A 0.5B model on two shared CPU cores: prompt processing (20-100 tokens/s) dominates

@@ -3,14 +3,19 @@
 1. Two simulated vLLM engines (one H100, one A100: unequal speed) run in this
    process at ``time_scale`` (wall seconds per model second), behind the live
    router -- or two real llama.cpp engines on CPU (``on_cpu_engines``); the
-   champion is a baseline registered in MLflow (``round_robin``).
+   champion is the baseline an operator would pick for the traffic before the
+   shift: the best of all baselines on it in the simulator (``best_baseline``),
+   registered in MLflow.
 2. Conversation traffic, then a shift to bursty code traffic (long prompts,
    short outputs, bursts) at a higher rate.
 3. A control thread runs ``pull-telemetry`` every ``pull_every_s``; on drift it
    runs ``evolve`` (Optuna, or an LLM when a base URL is given) and ``promote``
    in-process (``chain="inline"``), which swaps the new champion into the live
    router through the admin API.
-4. Live metrics of the code traffic before the swap and after it are compared.
+4. Live metrics of the code traffic before the swap and after it are compared, and
+   beside them the best *static* choice for the new traffic: the best baseline on the
+   post-shift traffic, replayed live on the same requests from a fresh cluster. The
+   verdict (``verdict``) says, metric by metric, what improved and what did not.
 
 Everything is bounded: the traffic schedule is fixed, the control thread stops
 with it, and the loop gives up evolving after ``max_cycles``.
@@ -33,7 +38,8 @@ from flows.live import LiveSLO, live_metrics
 from serving.loadgen import Shot, run_load
 from serving.prompt import synth_prompt
 
-CHAMPION_BASELINE = "round_robin"
+FLEET = ("H100", "A100")
+MODEL = "llama-3-8b"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,17 @@ class DemoConfig:
     """``simulated`` (vLLM-compatible, in this process) or ``llamacpp`` (real, on CPU)."""
     lengths: float = 1.0
     """Scales every prompt and output length of the traffic."""
+    champion: str | None = None
+    """The starting champion; None: the best baseline on the pre-shift traffic."""
+    replay_best_static: bool = True
+    """Replay the post-shift traffic live under the best static baseline (+``code_s``)."""
+
+    @property
+    def fleet(self) -> str:
+        """What the simulator replays on: the live fleet, one replica per engine. It has
+        no model of a CPU engine: two llama.cpp engines stand as two A100s."""
+        gpus = FLEET if self.engines == "simulated" else ("A100",) * len(FLEET)
+        return f"{MODEL}@" + ",".join(f"1x{g}" for g in gpus)
 
 
 def on_cpu_engines(cfg: DemoConfig, quick: bool = False) -> DemoConfig:
@@ -73,13 +90,12 @@ def on_cpu_engines(cfg: DemoConfig, quick: bool = False) -> DemoConfig:
                    slo=LiveSLO(ttft_s=3.0, tpot_s=0.25))
 
 
-def shots(kind: str, rate: float, start: float, duration: float, seed: int,
-          lengths: float = 1.0) -> list[Shot]:
-    """Synthetic traffic shaped like the shared traces' conversation / code parts."""
+def _requests(kind: str, rate: float, start: float, duration: float, seed: int,
+              lengths: float = 1.0) -> list[tuple[float, int, int]]:
+    """(arrival, prompt tokens, output tokens), shaped like the traces' conv / code parts."""
     rng = np.random.default_rng([seed, 1 if kind == "code" else 0])
-    out: list[Shot] = []
+    out: list[tuple[float, int, int]] = []
     t = start
-    i = 0
     while True:
         if kind == "code":
             # Bursts: arrivals come in clumps (gamma gaps, CV ~2), like the Azure code trace.
@@ -92,9 +108,35 @@ def shots(kind: str, rate: float, start: float, duration: float, seed: int,
             output = int(max(8, min(600, rng.lognormal(5.2, 0.6))))
         if t >= start + duration:
             return out
-        prompt, output = max(8, round(prompt * lengths)), max(4, round(output * lengths))
-        out.append(Shot(t, synth_prompt(prompt, salt=seed * 1_000_003 + i + 7), output))
-        i += 1
+        out.append((t, max(8, round(prompt * lengths)), max(4, round(output * lengths))))
+
+
+def shots(kind: str, rate: float, start: float, duration: float, seed: int,
+          lengths: float = 1.0) -> list[Shot]:
+    """Synthetic traffic shaped like the shared traces' conversation / code parts."""
+    return [
+        Shot(at, synth_prompt(prompt, salt=seed * 1_000_003 + i + 7), output)
+        for i, (at, prompt, output) in enumerate(
+            _requests(kind, rate, start, duration, seed, lengths)
+        )
+    ]
+
+
+def traffic_scenario(kind: str, rate: float, duration: float, seed: int,
+                     cfg: DemoConfig | None = None):
+    """The same traffic as a simulator scenario on the demo's fleet."""
+    from sandbox.scenario import Scenario, parse_cluster
+    from sandbox.workload import Workload
+
+    cfg = cfg or DemoConfig()
+    rows = np.asarray(_requests(kind, rate, 0.0, duration, seed, cfg.lengths),
+                      dtype=float).reshape(-1, 3)
+    tokens = rows[:, 1:].astype(np.int64)
+    workload = Workload(arrival_s=rows[:, 0] - rows[0, 0], prompt_tokens=tokens[:, 0],
+                        output_tokens=tokens[:, 1], max_tokens=tokens[:, 1].copy(),
+                        name=f"demo-{kind}")
+    return Scenario(f"demo-{kind}", f"the demo's {kind} traffic", workload,
+                    parse_cluster(cfg.fleet))
 
 
 class LiveCluster:
@@ -184,6 +226,20 @@ def _phase_metrics(results: list[Any], slo: LiveSLO) -> dict[str, float]:
     return live_metrics(frame, slo)
 
 
+def best_baseline(scenario: Any) -> tuple[str, dict[str, float]]:
+    """The best baseline on ``scenario`` in the simulator, and every baseline's objective."""
+    from sandbox.simulator import PolicyFault, simulate
+    from serving.policy_loader import BUILTIN_POLICIES, builtin_policy
+
+    scores = {}
+    for name in BUILTIN_POLICIES:
+        try:
+            scores[name] = simulate(scenario, builtin_policy(name), seed=0).summary()["objective"]
+        except PolicyFault:
+            scores[name] = -math.inf
+    return max(scores, key=lambda k: scores[k]), scores
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from flows import prefect_flows as pf
     from flows.registry import CHAMPION, PolicyRegistry
@@ -196,16 +252,16 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     state = work / f"state-{stamp}"
     uri = cfg.tracking_uri or f"sqlite:///{(work / 'mlflow.db').resolve()}"
     reg = PolicyRegistry(uri)
-    src = builtin_source(CHAMPION_BASELINE)
-    version = reg.register_source(src, CHAMPION_BASELINE, alias=CHAMPION)
-    log(f"champion: {CHAMPION_BASELINE} as autopoiesis-policy v{version}")
+    start_name = cfg.champion or best_baseline(
+        traffic_scenario("conv", cfg.conv_rate, cfg.conv_s, cfg.seed, cfg))[0]
+    src = builtin_source(start_name)
+    version = reg.register_source(src, start_name, alias=CHAMPION)
+    log(f"champion: {start_name} as autopoiesis-policy v{version}"
+        + ("" if cfg.champion else " (the best baseline on the pre-shift traffic)"))
     conv = shots("conv", cfg.conv_rate, 0.0, cfg.conv_s, cfg.seed, cfg.lengths)
     code = shots("code", cfg.code_rate, cfg.conv_s, cfg.code_s, cfg.seed, cfg.lengths)
-    cluster = LiveCluster(("H100", "A100"), cfg.time_scale, telemetry, engines=cfg.engines)
-    # What the window scenarios replay on: the live fleet, one replica per engine. The
-    # simulator has no model of a CPU engine: two llama.cpp engines stand as two A100s.
-    fleet = "llama-3-8b@" + (",".join(f"1x{g}" for g in cluster.gpus)
-                             if cfg.engines == "simulated" else f"{len(cluster.gpus)}xA100")
+    cluster = LiveCluster(FLEET, cfg.time_scale, telemetry, engines=cfg.engines)
+    fleet = cfg.fleet
     # A real model may stop early: make it generate the schedule's lengths.
     extra = {"ignore_eos": True} if cfg.engines == "llamacpp" else None
     t0_holder: dict[str, float] = {}
@@ -250,7 +306,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
             control["error"] = f"{type(e).__name__}: {e}"
 
     async def main() -> tuple[list[Any], float]:
-        await cluster.start(src, version, CHAMPION_BASELINE)
+        await cluster.start(src, version, start_name)
         try:
             t0_holder["t0"] = time.time()
             th = threading.Thread(target=control_loop, name="control-plane", daemon=True)
@@ -275,12 +331,24 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     code_results = results[len(conv):]
     before = [r for s, r in zip(code, code_results, strict=True)
               if swap_t is None or t0 + s.at < swap_t]
-    after = [r for s, r in zip(code, code_results, strict=True)
-             if swap_t is not None and t0 + s.at >= swap_t + 2.0]
+    after_idx = [i for i, s in enumerate(code) if swap_t is not None and t0 + s.at >= swap_t + 2.0]
+    after = [code_results[i] for i in after_idx]
     champion_now = reg.version_of(CHAMPION)
+    # The static choice is measured on the requests the live result it is set beside
+    # served: those after the swap, or (no promotion) the whole post-shift traffic.
+    static = _best_static(cfg, code, after_idx or list(range(len(code))),
+                          work / f"telemetry-static-{stamp}", log)
+    live_now = _phase_metrics(after, cfg.slo) if after else _phase_metrics(code_results, cfg.slo)
     out = {
+        "champion": start_name,
         "before": _phase_metrics(before, cfg.slo),
         "after": _phase_metrics(after, cfg.slo) if after else None,
+        "best_static": static,
+        "verdict": {
+            "after_vs_before": verdict(_phase_metrics(after, cfg.slo) if after else None,
+                                       _phase_metrics(before, cfg.slo)),
+            "live_vs_best_static": verdict(live_now, static["metrics"] if static else None),
+        },
         "conversation": _phase_metrics(results[:len(conv)], cfg.slo),
         "promoted_version": champion_now if champion_now != version else None,
         "baseline_version": version,
@@ -295,8 +363,64 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     return out
 
 
-def better(before: dict[str, float], after: dict[str, float] | None) -> bool:
-    if not after or math.isnan(after.get("slo_attainment", math.nan)):
-        return False
-    return (after["slo_attainment"] > before["slo_attainment"]
-            and after["ttft_p99_s"] < before["ttft_p99_s"])
+def _best_static(cfg: DemoConfig, code: list[Shot], same: list[int], telemetry: Path,
+                 log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The best baseline for the post-shift traffic, replayed live on the same requests.
+
+    Chosen in the simulator on the post-shift traffic (what an operator who knew the new
+    traffic would configure), then run from a fresh cluster on the same code shots; its
+    metrics are over the requests ``same`` (indices into ``code``).
+    """
+    if not cfg.replay_best_static:
+        return None
+    from serving.policy_loader import builtin_source
+
+    name, scores = best_baseline(
+        traffic_scenario("code", cfg.code_rate, cfg.code_s, cfg.seed, cfg))
+    log(f"best static baseline for the post-shift traffic: {name}; replaying it live")
+    replay = [Shot(s.at - cfg.conv_s, s.prompt, s.max_tokens, s.session_id) for s in code]
+    cluster = LiveCluster(FLEET, cfg.time_scale, telemetry, engines=cfg.engines)
+    extra = {"ignore_eos": True} if cfg.engines == "llamacpp" else None
+
+    async def main() -> list[Any]:
+        await cluster.start(builtin_source(name), "static", name)
+        try:
+            results, _ = await run_load(cluster.url, replay, timeout_s=120.0, extra_body=extra)
+            return results
+        finally:
+            await cluster.close()
+
+    results = asyncio.run(main())
+    return {"name": name, "simulated_objectives": scores,
+            "metrics": _phase_metrics([results[i] for i in same], cfg.slo)}
+
+
+LOWER_IS_BETTER = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s")
+ATTAINMENT_NOISE = 0.005
+"""Attainment differences below this are "unchanged" (one request in 200)."""
+LATENCY_NOISE = 0.05
+"""Relative latency differences below this are "unchanged"."""
+
+
+def verdict(now: dict[str, float] | None, ref: dict[str, float] | None) -> dict[str, list[str]]:
+    """Metric by metric, whether ``now`` is better, worse or unchanged against ``ref``."""
+    out: dict[str, list[str]] = {"better": [], "worse": [], "unchanged": [], "missing": []}
+    for key in ("slo_attainment", *LOWER_IS_BETTER):
+        a, b = (now or {}).get(key, math.nan), (ref or {}).get(key, math.nan)
+        if math.isnan(a) or math.isnan(b):
+            out["missing"].append(key)
+            continue
+        if key == "slo_attainment":
+            delta, noise, text = a - b, ATTAINMENT_NOISE, f"{key} {b:.3f} -> {a:.3f}"
+        else:
+            delta = (b - a) / b if b > 0 else 0.0  # positive: faster
+            noise, text = LATENCY_NOISE, f"{key} {b:.2f}s -> {a:.2f}s"
+        side = "better" if delta > noise else "worse" if delta < -noise else "unchanged"
+        out[side].append(text)
+    return out
+
+
+def verdict_line(label: str, v: dict[str, list[str]]) -> str:
+    parts = [f"{side}: {', '.join(v[side])}" for side in ("better", "worse", "unchanged")
+             if v[side]]
+    return f"{label}: " + ("; ".join(parts) if parts else "nothing to compare")

@@ -167,6 +167,7 @@ class TaskCascade(Cascade):
     def evaluate_many(
         self, sources: Sequence[str], suite: Suite, names: Sequence[str] | None = None
     ) -> list[Outcome]:
+        # The same requests as the in-process cascade (split, objective and limits included).
         reqs = self._requests(sources, suite, names)
         out: list[Outcome | None] = [None] * len(reqs)
         todo: list[tuple[int, EvalRequest]] = []

@@ -59,8 +59,10 @@ class Window:
         return asdict(self)
 
 
-def _metric_name(key: str) -> str:
-    return re.sub(r"[^\w\-. :/]", "_", key)
+def _metric_name(version: str) -> str:
+    # MLflow metric names allow only [A-Za-z0-9_ ./:-]; a router fallback's version is
+    # "baseline:<name>@<sha>", and one bad name fails the whole pull flow's log call.
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", version)
 
 
 def _prefix_reuse(frame: pd.DataFrame) -> float:

@@ -27,20 +27,28 @@ def bench_baselines(
     scenarios: Sequence[str] = SCENARIO_NAMES,
     policies: Sequence[str] = BUILTIN_POLICIES,
     *,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     scale: float = 1.0,
+    split: str = "train",
     on_result: Progress | None = None,
 ) -> pd.DataFrame:
-    """One row per (policy, scenario) with the summary metrics; a policy fault is a row too."""
+    """One row per (policy, scenario): the summary metrics, mean over ``seeds``.
+
+    A policy fault on any seed makes the row a fault (objective -inf). ``best`` marks the
+    best objective of each scenario.
+    """
     rows = []
     for scenario_name in scenarios:
-        scenario = build_scenario(scenario_name, seed=seed, scale=scale)
+        built = [build_scenario(scenario_name, seed=s, scale=scale, split=split) for s in seeds]
         for policy_name in policies:
             started = time.perf_counter()
             row: dict[str, object] = {"scenario": scenario_name, "policy": policy_name}
             try:
-                result = simulate(scenario, builtin_policy(policy_name), seed=seed)
-                row |= result.summary()
+                summaries = [
+                    simulate(sc, builtin_policy(policy_name), seed=s).summary()
+                    for s, sc in zip(seeds, built, strict=True)
+                ]
+                row |= {k: float(np.mean([x[k] for x in summaries])) for k in summaries[0]}
                 row["fault"] = ""
             except PolicyFault as fault:
                 row |= {"objective": float("-inf"), "fault": fault.reason}

@@ -34,6 +34,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from sandbox.objectives import run_objective
 from sandbox.protocol import (
     MAX_REQUEST_BYTES,
     EvalRequest,
@@ -42,6 +43,7 @@ from sandbox.protocol import (
     ScenarioResult,
     sha256_text,
 )
+from sandbox.slo_capacity import CapacitySearch, scenario_capacity
 
 _clock = time.perf_counter  # bound before any candidate code can rebind time.perf_counter
 _REASON_MAX = 400
@@ -87,7 +89,13 @@ LOCAL_SCENARIOS["sandbox-tiny"] = _tiny_scenario
 LOCAL_SCENARIOS["sandbox-micro"] = lambda seed: _tiny_scenario(seed, n=60, name="sandbox-micro")
 
 
-def build(name: str, seed: int, scale: float = 1.0, windows_dir: str | None = None):
+def build(
+    name: str,
+    seed: int,
+    scale: float = 1.0,
+    windows_dir: str | None = None,
+    split: str = "train",
+):
     """A scenario by name: a ``window:`` one, the catalogue's, then the local ones."""
     if name.startswith("window:"):
         from sandbox.windows import build_window_scenario
@@ -98,9 +106,7 @@ def build(name: str, seed: int, scale: float = 1.0, windows_dir: str | None = No
     except ImportError:
         catalogue = None
     if catalogue is not None and name in getattr(catalogue, "SCENARIO_NAMES", ()):
-        if scale != 1.0:
-            return catalogue.build_scenario(name, seed=seed, scale=scale)
-        return catalogue.build_scenario(name, seed=seed)
+        return catalogue.build_scenario(name, seed=seed, scale=scale, split=split)
     if name in LOCAL_SCENARIOS:
         return LOCAL_SCENARIOS[name](seed)
     known = sorted(set(getattr(catalogue, "SCENARIO_NAMES", ())) | set(LOCAL_SCENARIOS))
@@ -191,6 +197,14 @@ def _finite_summary(summary: dict[str, Any], stats: dict[str, Any]) -> str | Non
     return None
 
 
+class _Rejected(Exception):
+    """A run ended in a rejection (carried out of a capacity search's probes)."""
+
+    def __init__(self, response: EvalResponse) -> None:
+        super().__init__(str(response.rejection))
+        self.response = response
+
+
 def evaluate(req: EvalRequest) -> EvalResponse:
     """Evaluate ``req`` in this process; every failure becomes a rejection."""
 
@@ -206,10 +220,9 @@ def evaluate(req: EvalRequest) -> EvalResponse:
         if bad:
             return reject("static", bad)
 
+    import sandbox.simulator  # noqa: F401 -- trusted code, imported before the snapshot
     import serving.kit  # noqa: F401 -- the policy kit is trusted code: watched from the snapshot
-    from sandbox.simulator import PolicyFault, simulate
     from sandbox.windows import WINDOWS_ENV, WindowIntegrityError
-    from serving.policy_loader import PolicyError, load_policy
 
     # Inside a sandbox the backend mounted the windows folder and names it in the
     # environment; run in-process (trusted), the request's host folder is used.
@@ -219,7 +232,7 @@ def evaluate(req: EvalRequest) -> EvalResponse:
     for name in dict.fromkeys(req.scenarios):
         for seed in req.seeds:
             try:
-                scenarios[(name, seed)] = build(name, seed, req.scale, windows_dir)
+                scenarios[(name, seed)] = build(name, seed, req.scale, windows_dir, req.split)
             except WindowIntegrityError as e:
                 return reject("integrity", str(e), scenario=name, seed=seed)
             except Exception as e:  # the catalogue's fault or the caller's, never the policy's
@@ -234,57 +247,15 @@ def evaluate(req: EvalRequest) -> EvalResponse:
     before = snapshot()
     results: list[ScenarioResult] = []
     for (name, seed), scenario in scenarios.items():
-        where = {"scenario": name, "seed": seed}
-        random.seed(seed)
-        # A fresh load for every run: module globals are policy state, and a
-        # run must not depend on which runs came before it.
-        try:
-            policy = load_policy(req.source, name=req.name, params=req.params)
-        except PolicyError as e:
-            msg = str(e)
-            if "MemoryError" in msg:
-                return reject(
-                    "limit",
-                    f"memory limit of {req.limits.memory_mb} MB exceeded at import ({msg})",
-                    **where,
-                )
-            return reject("load", msg, **where)
-        except BaseException as e:  # SystemExit/KeyboardInterrupt raised at import
-            stage, reason = _classify(e, "at import", req)
-            return reject(stage, reason, detail=_tb(e), **where)
-        bad = tampered(before)
-        if bad:
-            return reject("integrity", bad, **where)
-
         t0 = _clock()
         try:
-            sim = simulate(scenario, policy, seed=seed, mode=req.mode)
-            summary = dict(sim.summary())
-            stats = dict(sim.decision_stats())
-        except PolicyFault as e:
-            reason = getattr(e, "reason", None) or str(e)
-            if "MemoryError" in reason:
-                return reject(
-                    "limit",
-                    f"memory limit of {req.limits.memory_mb} MB exceeded ({reason})",
-                    detail=_tb(e),
-                    **where,
-                )
-            return reject("runtime", reason, detail=_tb(e), **where)
-        except RecursionError as e:
-            return reject("runtime", f"RecursionError: {_one_line(str(e))}", detail=_tb(e), **where)
-        except BaseException as e:
-            stage, reason = _classify(e, "during simulation", req)
-            return reject(stage, reason, detail=_tb(e), **where)
+            summary, stats = _run(req, scenario, name, seed, before)
+            if req.objective.name == "capacity":
+                summary |= _capacity(req, scenario, name, seed, before)
+        except _Rejected as r:
+            return r.response
         wall = _clock() - t0
-
-        bad = tampered(before)
-        if bad:
-            return reject("integrity", bad, **where)
-        stats = {k: v for k, v in stats.items() if isinstance(v, int | float)}
-        bad = _finite_summary(summary, stats)
-        if bad:
-            return reject("integrity", bad, **where)
+        summary["objective"] = run_objective(summary, req.objective)
         results.append(
             ScenarioResult(
                 scenario=name,
@@ -295,6 +266,77 @@ def evaluate(req: EvalRequest) -> EvalResponse:
             )
         )
     return EvalResponse(key=req.key, results=tuple(results), nonce=req.nonce)
+
+
+def _capacity(req: EvalRequest, scenario: Any, name: str, seed: int, before) -> dict[str, float]:
+    """The policy's SLO capacity on ``scenario``: each probe a fresh run (``_run``)."""
+
+    def attainment(probe: Any) -> float:
+        return _run(req, probe, name, seed, before)[0]["slo_attainment"]
+
+    hint = (req.capacity_hints or {}).get(name, 1.0)
+    found = scenario_capacity(scenario, attainment, CapacitySearch(req.objective.target), hint)
+    return found.summary_fields()
+
+
+def _run(
+    req: EvalRequest, scenario: Any, name: str, seed: int, before: dict[tuple[str, str], int]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One simulation of a freshly loaded policy: (summary, decision stats), or _Rejected."""
+    from sandbox.simulator import PolicyFault, simulate
+    from serving.policy_loader import PolicyError, load_policy
+
+    where = {"scenario": name, "seed": seed}
+
+    def reject(stage: str, reason: str, **kw: Any) -> _Rejected:
+        return _Rejected(EvalResponse.reject(req, stage, _one_line(reason), **where, **kw))
+
+    random.seed(seed)
+    # A fresh load for every run: module globals are policy state, and a
+    # run must not depend on which runs came before it.
+    try:
+        policy = load_policy(req.source, name=req.name, params=req.params)
+    except PolicyError as e:
+        msg = str(e)
+        if "MemoryError" in msg:
+            raise reject(
+                "limit", f"memory limit of {req.limits.memory_mb} MB exceeded at import ({msg})"
+            ) from None
+        raise reject("load", msg) from None
+    except BaseException as e:  # SystemExit/KeyboardInterrupt raised at import
+        stage, reason = _classify(e, "at import", req)
+        raise reject(stage, reason, detail=_tb(e)) from None
+    bad = tampered(before)
+    if bad:
+        raise reject("integrity", bad)
+
+    try:
+        sim = simulate(scenario, policy, seed=seed, mode=req.mode)
+        summary = dict(sim.summary())
+        stats = dict(sim.decision_stats())
+    except PolicyFault as e:
+        reason = getattr(e, "reason", None) or str(e)
+        if "MemoryError" in reason:
+            raise reject(
+                "limit",
+                f"memory limit of {req.limits.memory_mb} MB exceeded ({reason})",
+                detail=_tb(e),
+            ) from None
+        raise reject("runtime", reason, detail=_tb(e)) from None
+    except RecursionError as e:
+        raise reject("runtime", f"RecursionError: {_one_line(str(e))}", detail=_tb(e)) from None
+    except BaseException as e:
+        stage, reason = _classify(e, "during simulation", req)
+        raise reject(stage, reason, detail=_tb(e)) from None
+
+    bad = tampered(before)
+    if bad:
+        raise reject("integrity", bad)
+    stats = {k: v for k, v in stats.items() if isinstance(v, int | float)}
+    bad = _finite_summary(summary, stats)
+    if bad:
+        raise reject("integrity", bad)
+    return summary, stats
 
 
 # --- process entry point ----------------------------------------------------------

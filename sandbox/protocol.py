@@ -29,9 +29,15 @@ folder of those files; the backend mounts it read-only into the sandbox (at
 use (a mismatch is an ``integrity`` rejection). The folder is not part of the key:
 the name's hash prefix already pins the content.
 
+``split`` (``train`` or ``test``, ``sandbox.splits``) picks the trace region the
+catalogue scenarios replay; ``objective`` (``sandbox.objectives``) what each run's
+summary carries as ``objective``, with ``capacity_hints`` (per scenario: a rate
+multiple to start the capacity search from, e.g. the parent's answer).
+
 The reproducibility key of an evaluation is ``EvalRequest.key``: a hash of the
-source hash, the scenario set, the seeds, the parameter overrides and the
-simulation mode. The same key must give the same results.
+source hash, the scenario set, the seeds, the parameter overrides, the simulation
+mode, the scale, the split, the objective and the capacity hints (which move where
+the search probes). The same key must give the same results.
 """
 
 from __future__ import annotations
@@ -41,11 +47,15 @@ import json
 import math
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-PROTOCOL_VERSION = 2
-"""2: ``EvalRequest.windows_dir`` (the host folder of content-addressed window files)."""
+from sandbox.objectives import Objective, mean_objective
+from sandbox.splits import check_split
+
+PROTOCOL_VERSION = 3
+"""2: ``EvalRequest.windows_dir`` (the host folder of content-addressed window files).
+3: ``EvalRequest.split``, ``objective`` and ``capacity_hints``."""
 
 Stage = Literal["static", "load", "runtime", "limit", "integrity", "internal"]
 STAGES: tuple[str, ...] = ("static", "load", "runtime", "limit", "integrity", "internal")
@@ -114,7 +124,16 @@ class EvalRequest:
     """Random per-request token the response must echo (guards against a canned reply)."""
     windows_dir: str | None = None
     """Host folder of window files for ``window:`` scenarios (mounted read-only)."""
+    split: str = "train"
+    """Which region of the traces catalogue scenarios replay (``sandbox.splits``)."""
+    objective: Objective = field(default_factory=Objective)
+    """What each run's ``objective`` is (``sandbox.objectives``)."""
+    capacity_hints: Mapping[str, float] | None = None
+    """``capacity`` objective: per scenario, the rate multiple its search starts from."""
     version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        check_split(self.split)
 
     @classmethod
     def build(
@@ -130,6 +149,9 @@ class EvalRequest:
         scale: float = 1.0,
         static_checks: bool = True,
         windows_dir: str | None = None,
+        split: str = "train",
+        objective: Objective | None = None,
+        capacity_hints: Mapping[str, float] | None = None,
     ) -> EvalRequest:
         """``windows_dir`` defaults to ``$AUTOPOIESIS_WINDOWS`` when a scenario is a window."""
         if isinstance(scenarios, str):
@@ -151,11 +173,20 @@ class EvalRequest:
             static_checks=static_checks,
             nonce=secrets.token_hex(16),
             windows_dir=_windows_dir(windows_dir, scenarios),
+            split=split,
+            objective=objective or Objective(),
+            capacity_hints=(
+                {str(k): float(v) for k, v in capacity_hints.items()} if capacity_hints else None
+            ),
         )
+
+    def renewed(self) -> EvalRequest:
+        """The same evaluation with a fresh nonce (a retry must not replay a response)."""
+        return replace(self, nonce=secrets.token_hex(16))
 
     @property
     def key(self) -> str:
-        """Reproducibility key: (source hash, scenario set, seeds, params, mode)."""
+        """Reproducibility key: everything that decides the results (see the module doc)."""
         ident = {
             "v": PROTOCOL_VERSION,
             "source": self.source_sha256,
@@ -164,6 +195,9 @@ class EvalRequest:
             "params": sorted((self.params or {}).items()),
             "mode": self.mode,
             "scale": self.scale,
+            "split": self.split,
+            "objective": self.objective.to_dict(),
+            "capacity_hints": sorted((self.capacity_hints or {}).items()),
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
@@ -172,6 +206,7 @@ class EvalRequest:
         d["scenarios"] = list(self.scenarios)
         d["seeds"] = list(self.seeds)
         d["params"] = dict(self.params) if self.params else None
+        d["capacity_hints"] = dict(self.capacity_hints) if self.capacity_hints else None
         return d
 
     def to_json(self) -> str:
@@ -195,6 +230,13 @@ class EvalRequest:
                 static_checks=bool(d.get("static_checks", True)),
                 nonce=str(d.get("nonce", "")),
                 windows_dir=None if d.get("windows_dir") is None else str(d["windows_dir"]),
+                split=str(d.get("split", "train")),
+                objective=Objective.from_dict(d.get("objective")),
+                capacity_hints=(
+                    {str(k): float(v) for k, v in d["capacity_hints"].items()}
+                    if d.get("capacity_hints")
+                    else None
+                ),
                 version=int(d["version"]),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -278,9 +320,9 @@ class EvalResponse:
 
     def objective(self) -> float | None:
         """Mean ``objective`` over all results, or None for a rejection."""
-        if not self.ok or not self.results:
+        if not self.ok:
             return None
-        return sum(r.summary.get("objective", math.nan) for r in self.results) / len(self.results)
+        return mean_objective(self.results)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,8 @@
-"""What a simulation produces: one row per request, aggregates, the objective.
+"""What a simulation produces: one row per request, and its aggregates.
 
-The objective (higher is better) is SLO attainment -- the fraction of all
-requests, finished or not, whose TTFT and TPOT meet the scenario's targets --
-with ties broken by mean end-to-end latency: ``objective = slo_attainment -
-1e-6 * min(e2e_mean_s, 100)``. The tie-break term is below 1e-4, under one
-request's worth of attainment for workloads of up to 10,000 requests.
+``SimResult.summary()`` has the aggregates every objective is computed from, and
+``objective`` under the default one (``slo``); ``sandbox.objectives`` defines the
+objectives and how an evaluation's runs combine.
 """
 
 from __future__ import annotations
@@ -14,13 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sandbox.objectives import gpu_share, slo_objective
+
 STATUS_OK, STATUS_TIMEOUT, STATUS_REJECTED = 0, 1, 2
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_TIMEOUT: "timeout", STATUS_REJECTED: "rejected"}
-
-
-def objective_of(slo_attainment: float, e2e_mean_s: float) -> float:
-    tie = min(e2e_mean_s, 100.0) if math.isfinite(e2e_mean_s) else 100.0
-    return slo_attainment - 1e-6 * tie
 
 
 @dataclass
@@ -63,6 +58,8 @@ class SimResult:
     replans: int = 0
     engine_steps: int = 0
     wall_s: float = 0.0
+    plan_gpus: int = 0
+    """GPUs of the scenario's starting plan: the reference of ``gpu_share``."""
 
     def slo_met(self) -> np.ndarray:
         ok = self.status == STATUS_OK
@@ -96,8 +93,9 @@ class SimResult:
         out["preemptions"] = float(self.preemptions.sum())
         out["retries"] = float(self.retries.sum())
         out["gpu_seconds"] = self.gpu_seconds
+        out["gpu_share"] = gpu_share(self.gpu_seconds, self.plan_gpus, self.end_s)
         out["replans"] = float(self.replans)
-        out["objective"] = objective_of(out["slo_attainment"], out["e2e_mean_s"])
+        out["objective"] = slo_objective(out["slo_attainment"], out["e2e_mean_s"])
         return out
 
     def decision_stats(self) -> dict[str, float]:

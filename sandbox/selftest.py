@@ -39,6 +39,7 @@ from sandbox.backends import (
     choose_backend,
     leftover_processes,
 )
+from sandbox.objectives import Objective
 from sandbox.protocol import EvalRequest, EvalResponse, Limits
 from sandbox.static_checks import MAX_SOURCE_BYTES
 
@@ -346,6 +347,8 @@ def evaluate(
     seeds: tuple[int, ...] = (0,),
     scale: float = 1.0,
     limits: Limits | None = None,
+    split: str = "train",
+    objective: Objective | None = None,
 ) -> dict:
     """Evaluate one policy file in the sandbox; the JSON the CLI prints."""
     source = Path(policy_path).read_text(encoding="utf-8")
@@ -358,6 +361,8 @@ def evaluate(
             limits=limits,
             name=Path(policy_path).name,
             scale=scale,
+            split=split,
+            objective=objective,
         )
         resp = b.evaluate(req)
     finally:

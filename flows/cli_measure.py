@@ -1,0 +1,258 @@
+"""``autopoiesis bench compare``, ``bench capacity`` and ``bench headroom``: honest measures.
+
+Registered onto the main app by one line at the bottom of ``flows/cli.py``. Every
+figure is on a named split (``test`` by default: stretches evolution never sees) and
+against every baseline, never against a seed policy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.cli_output import console, fail, progress, write_json
+
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
+SplitOpt = Annotated[str, typer.Option(help="train, or test (stretches evolution never sees).")]
+SeedsOpt = Annotated[str, typer.Option(help="Comma-separated seeds (each a trace stretch).")]
+ScaleOpt = Annotated[float, typer.Option(help="Scenario scale (1 = full size).")]
+BaselinesOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated baselines to compare with; default all.")
+]
+
+
+def _baselines(text: str | None) -> tuple[str, ...]:
+    from serving.policy_loader import BUILTIN_POLICIES
+
+    if not text:
+        return BUILTIN_POLICIES
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in BUILTIN_POLICIES]
+    if unknown or not names:
+        fail(
+            f"--baselines: unknown {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(BUILTIN_POLICIES)}"
+        )
+    return names
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers, not {text!r}")
+    if not seeds:
+        fail("--seeds names no seed")
+    return seeds
+
+
+def _policy_source(spec: str) -> tuple[str, str]:
+    """(name, source) of a baseline's name or a policy file."""
+    from serving.policy_loader import BUILTIN_POLICIES, builtin_source
+
+    if spec in BUILTIN_POLICIES:
+        return spec, builtin_source(spec)
+    path = Path(spec)
+    if not path.is_file():
+        fail(f"policy '{spec}' is neither a baseline ({', '.join(BUILTIN_POLICIES)}) nor a file")
+    return path.name, path.read_text(encoding="utf-8")
+
+
+def _label(name: str) -> str:
+    return name.replace(":oracle", " (oracle)")
+
+
+def _ratio(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.3f}"
+
+
+def bench_compare(
+    policy: Annotated[str, typer.Option(help="Policy file, or a baseline's name.")],
+    scenarios: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    objective: Annotated[str, typer.Option(help="slo, capacity or cost.")] = "slo",
+    split: SplitOpt = "test",
+    seeds: SeedsOpt = "0,1,2",
+    scale: ScaleOpt = 1.0,
+    baselines: BaselinesOpt = None,
+    backend: Annotated[str, typer.Option(help="Sandbox: process or docker.")] = "process",
+    json_out: JsonOut = None,
+) -> None:
+    """A policy against the best of every baseline, per scenario (test split by default)."""
+    from sandbox.backends import SandboxUnavailable
+    from sandbox.compare import Setting, compare_to_baselines
+    from sandbox.compare import sandboxed as make_sandbox
+    from sandbox.objectives import Objective
+    from sandbox.scenarios import SCENARIO_NAMES
+
+    name, source = _policy_source(policy)
+    names = tuple(n.strip() for n in scenarios.split(",")) if scenarios else SCENARIO_NAMES
+    try:
+        setting = Setting(names, _seeds(seeds), scale, split, Objective(objective))
+        evaluate, owned = make_sandbox(backend)
+        try:
+            with console.status(f"{name} and every baseline on {len(names)} scenarios"):
+                c = compare_to_baselines(
+                    source, setting, name=name, baselines=_baselines(baselines), evaluate=evaluate
+                )
+        finally:
+            owned.close()
+    except (ValueError, SandboxUnavailable) as exc:
+        fail(str(exc))
+    grid = Table(title=f"{name} vs the best baseline ({objective}, {split} split, seeds {seeds})")
+    for col in ("scenario", name, "best baseline", "ratio"):
+        grid.add_column(col, justify="left" if col == "scenario" else "right")
+    for row in c.scenarios:
+        mine = "rejected" if row.policy.rejection else f"{row.policy.objective:.3f}"
+        best = f"{row.best_baseline:.3f} {row.best_baseline_name}"
+        style = "" if row.ratio >= 1 else "[red]"
+        grid.add_row(row.scenario, mine, best, f"{style}{_ratio(row.ratio)}")
+    console.print(grid)
+    console.print(f"mean ratio {_ratio(c.mean_ratio)}, min ratio {_ratio(c.min_ratio)}")
+    write_json(json_out, c.to_dict())
+
+
+def bench_capacity(
+    policy: Annotated[str, typer.Option(help="Policy file, or a baseline's name.")],
+    scenario: Annotated[str, typer.Option(help="A named scenario (or window:<sha>:<variant>).")],
+    target: Annotated[float, typer.Option(help="SLO attainment to keep.")] = 0.90,
+    split: SplitOpt = "test",
+    seeds: SeedsOpt = "0",
+    scale: ScaleOpt = 1.0,
+    baselines: BaselinesOpt = None,
+    backend: Annotated[str, typer.Option(help="Sandbox for a policy file: process, docker.")] = (
+        "process"
+    ),
+    json_out: JsonOut = None,
+) -> None:
+    """SLO capacity: the highest rate at which a policy keeps attainment >= target.
+
+    Bisection on the scenario's rate (bursts and events kept), against every baseline;
+    the policy runs in the sandbox unless it is a baseline.
+    """
+    from sandbox.backends import SandboxUnavailable
+    from sandbox.compare import Setting, compare_to_baselines, evaluate_baselines, in_process
+    from sandbox.compare import sandboxed as make_sandbox
+    from sandbox.objectives import Objective
+    from serving.policy_loader import BUILTIN_POLICIES
+
+    name, source = _policy_source(policy)
+    try:
+        setting = Setting((scenario,), _seeds(seeds), scale, split, Objective("capacity", target))
+        chosen = _baselines(baselines)
+        with console.status(f"capacity of the {len(chosen)} baselines on {scenario}"):
+            table = evaluate_baselines(setting, chosen, evaluate=in_process)
+        evaluate, owned = (in_process, None) if name in BUILTIN_POLICIES else make_sandbox(backend)
+        try:
+            with console.status(f"capacity of {name}"):
+                comparison = compare_to_baselines(
+                    source,
+                    setting,
+                    name=name,
+                    baselines=chosen,
+                    evaluate=evaluate,
+                    baseline_table=table,
+                )
+        finally:
+            if owned is not None:
+                owned.close()
+    except (ValueError, SandboxUnavailable) as exc:
+        fail(str(exc))
+    row = comparison.scenarios[0]
+    grid = Table(title=f"SLO capacity on {scenario} ({split} split, attainment >= {target:g})")
+    for col in ("policy", "x rate", "req/s", "attainment at 1x"):
+        grid.add_column(col, justify="left" if col == "policy" else "right")
+    ranked = sorted(row.baselines.items(), key=lambda kv: -kv[1].objective)
+    for label, entry in [(f"[bold]{name}[/]", row.policy), *ranked]:
+        if entry.rejection:
+            grid.add_row(label, "rejected", entry.rejection[:60], "")
+            continue
+        grid.add_row(
+            label,
+            f"{entry.objective:.3f}",
+            f"{entry.metrics.get('capacity_rps', math.nan):.2f}",
+            f"{entry.metrics.get('slo_attainment', math.nan):.3f}",
+        )
+    console.print(grid)
+    console.print(
+        f"{name}: {row.policy.objective:.3f}x the scenario's rate; best baseline "
+        f"{row.best_baseline_name} {row.best_baseline:.3f}x; ratio {_ratio(row.ratio)}",
+        highlight=False,
+    )
+    write_json(json_out, comparison.to_dict())
+
+
+def bench_headroom(
+    scenarios: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    split: SplitOpt = "test",
+    seeds: SeedsOpt = "0",
+    scale: ScaleOpt = 1.0,
+    target: Annotated[float, typer.Option(help="Capacity: SLO attainment to keep.")] = 0.90,
+    capacity: Annotated[bool, typer.Option(help="Also search capacities (slower).")] = True,
+    json_out: JsonOut = None,
+) -> None:
+    """Per scenario: the best baseline, a clairvoyant reference and a no-contention bound."""
+    from sandbox.headroom import headroom
+    from sandbox.scenarios import SCENARIO_NAMES
+
+    names = [n.strip() for n in scenarios.split(",")] if scenarios else list(SCENARIO_NAMES)
+    seed_list = _seeds(seeds)
+    rows = []
+    try:
+        with progress() as bar:
+            task = bar.add_task("headroom", total=len(names))
+            for name in names:
+                rows.append(
+                    headroom(
+                        name,
+                        seeds=seed_list,
+                        scale=scale,
+                        split=split,
+                        target=target,
+                        capacity=capacity,
+                        progress=lambda what: bar.update(task, description=what),
+                    )
+                )
+                bar.update(task, advance=1)
+    except ValueError as exc:
+        fail(str(exc))
+    grid = Table(title=f"Headroom ({split} split, seeds {seeds}, scale {scale:g})")
+    for col in (
+        "scenario",
+        "best baseline",
+        "clairvoyant",
+        "no contention",
+        "capacity: best baseline",
+        "capacity: clairvoyant",
+    ):
+        grid.add_column(col, justify="left" if col == "scenario" else "right")
+    for h in rows:
+        bc, cc = h.best_baseline_capacity, h.clairvoyant_capacity
+        grid.add_row(
+            h.scenario,
+            f"{h.best_baseline.value:.3f} {h.best_baseline.name}",
+            f"{h.clairvoyant.value:.3f} {_label(h.clairvoyant.name)}",
+            f"{h.no_contention:.3f}",
+            "-" if bc is None else f"{bc.value:.2f}x {bc.name}",
+            "-" if cc is None else f"{cc.value:.2f}x {_label(cc.name)}",
+        )
+    console.print(grid)
+    write_json(
+        json_out,
+        {
+            "split": split,
+            "seeds": list(seed_list),
+            "scale": scale,
+            "target": target,
+            "scenarios": [h.to_dict() for h in rows],
+        },
+    )
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    bench_app.command("compare")(bench_compare)
+    bench_app.command("capacity")(bench_capacity)
+    bench_app.command("headroom")(bench_headroom)
