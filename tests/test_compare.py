@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from shared_support import require_shared
 from test_scenarios import needs_traces
 
 from sandbox.compare import Setting, best_of, compare_to_baselines, evaluate_baselines, in_process
@@ -27,15 +28,8 @@ BASELINES = ("round_robin", "least_outstanding", "power_of_two")
 
 @pytest.fixture(scope="module")
 def table():
-    if not _traces():
-        pytest.skip("shared traces not found")
+    require_shared("traces")
     return evaluate_baselines(SETTING, BASELINES, in_process)
-
-
-def _traces() -> bool:
-    from test_scenarios import _have_traces
-
-    return _have_traces()
 
 
 @needs_traces
