@@ -20,6 +20,7 @@ from serving.kit_planning import (
     capacity,
     capacity_weights,
     demand_rps,
+    fill_pool,
     fit_to_pool,
     free_gpus,
     grow,
@@ -52,6 +53,7 @@ from serving.kit_routing import (
     imbalanced,
     inflight,
     inflight_at_most,
+    inflight_per_speed,
     inflight_per_weight,
     inflight_tokens,
     kv_at_most,
@@ -81,8 +83,8 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "serving_only", "kv_at_most", "waiting_at_most", "inflight_at_most", "on_gpus",
         "near_best", "best_prefix", "sample")),
     ("scorers ((request, replicas) -> one cost per replica, lower is better)", (
-        "waiting", "running", "inflight", "inflight_tokens", "inflight_per_weight", "kv_use",
-        "prefix_miss", "session_miss", "gpu_slowness", "est_ttft")),
+        "waiting", "running", "inflight", "inflight_tokens", "inflight_per_weight",
+        "inflight_per_speed", "kv_use", "prefix_miss", "session_miss", "gpu_slowness", "est_ttft")),
     ("normalise and combine cost lists", ("minmax", "by_max", "weighted")),
     ("pickers (-> id of a serving replica; HOLD when none serves)", (
         "least_inflight", "argmin", "argmin_random", "softmax", "power_of_k", "uniform",
@@ -95,7 +97,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reschedule trigger (state kept in a TriggerState the policy creates once)", (
         "TriggerState", "trigger", "acted")),
     ("reschedule planner", (
-        "fit_to_pool", "free_gpus", "ranked_specs", "next_spec", "scale", "grow",
+        "fit_to_pool", "fill_pool", "free_gpus", "ranked_specs", "next_spec", "scale", "grow",
         "plan_for_demand", "capacity_weights", "reload_s", "pays_back", "replan")),
 )  # fmt: skip
 """The pieces by kind, in the order the prompt lists them (``__all__``: the same names)."""
@@ -113,6 +115,7 @@ __all__ = [
     "capacity_weights",
     "demand_rps",
     "est_ttft",
+    "fill_pool",
     "fit_to_pool",
     "free_gpus",
     "gpu_slowness",
@@ -120,6 +123,7 @@ __all__ = [
     "imbalanced",
     "inflight",
     "inflight_at_most",
+    "inflight_per_speed",
     "inflight_per_weight",
     "inflight_tokens",
     "kv_at_most",

@@ -203,6 +203,18 @@ def scale(cluster: ClusterView, specs: Specs, step: int, min_replicas: int = 1
     return None
 
 
+def fill_pool(cluster: ClusterView, specs: Specs) -> list[ReplicaSpec]:
+    """``specs`` plus ``next_spec`` replicas until no free GPU fits one more.
+
+    Every GPU the pool has serves: what GPUs that come back are for, when GPU time is
+    not what is scored.
+    """
+    filled = list(specs)
+    while (spec := next_spec(cluster, filled)) is not None:
+        filled.append(spec)
+    return filled
+
+
 def grow(cluster: ClusterView, specs: Specs, demand: float, target: float) -> list[ReplicaSpec]:
     """Specs to add, best per GPU first, until capacity x ``target`` >= ``demand``.
 

@@ -150,6 +150,16 @@ def gpu_slowness(request: Request, replicas: Replicas) -> list[float]:
     return [fastest / max(r.prefill_tps, 1.0) for r in replicas]
 
 
+def inflight_per_speed(request: Request, replicas: Replicas) -> list[float]:
+    """(In-flight requests + 1) x ``gpu_slowness``: least outstanding across GPU types.
+
+    A replica that prefills twice as fast takes twice the requests before it looks as
+    loaded; on one GPU type it orders replicas exactly as ``inflight`` does.
+    """
+    fastest = max(r.prefill_tps for r in replicas)
+    return [(r.inflight_requests + 1) * fastest / max(r.prefill_tps, 1.0) for r in replicas]
+
+
 def est_ttft(request: Request, replicas: Replicas) -> list[float]:
     """Estimated seconds to first token: (uncached prompt + queued prefill) / prefill rate.
 

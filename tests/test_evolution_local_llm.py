@@ -25,8 +25,9 @@ from flows.evolution.tracking import Tracker
 ROOT = Path(__file__).resolve().parents[1]
 # The Qwen parts (`make llm`), not only the server and SmolLM (`make engines`, which CI
 # installs): on SmolLM2-135M this run takes longer than the test's time limit.
+QWEN_PART = llm_local.MODELS["qwen"].packages[0]
 WHY = llm_local.available() or (
-    None if llm_local.package_dir(llm_local.MODELS["qwen"].packages[0]) else "Qwen parts not installed"
+    None if llm_local.package_dir(QWEN_PART) else "Qwen parts not installed"
 )
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"local LLM not installed: {WHY}")
 

@@ -184,6 +184,10 @@ class EvolutionConfig:
     )
     tune_trials: int = 12
     """Optuna trials per tuned candidate (each one quick-suite evaluation)."""
+    structure_share: float = 0.75
+    """Of the slots search takes (all but the LLM's), the share that structural search
+    composes new policies from the kit in (``structure``); the rest tune an archived
+    policy's constants. 0: tuning only. Each slot is ``tune_trials`` evaluations either way."""
     tune_llm_candidates: bool = True
     """Every LLM child the sandbox accepts is tuned too (when it has PARAMS)."""
     llm_concurrency: int = 1
@@ -193,9 +197,9 @@ class EvolutionConfig:
     waits; None waits without limit and takes one answer per slot, so the run does not
     depend on the LLM's speed (reproducible, as slow as the LLM)."""
     promising_margin: float = 0.01
+    """Candidates within this of their island's best (quick suite) go on to tuning / full."""
     full_tolerance: float = 0.005
     """A challenger may trail the champion on the full suite by at most this (noise)."""
-    """Candidates within this of their island's best (quick suite) go on to tuning / full."""
     objective_resolution: float = 1e-5
     """Objectives are rounded to this: the simulator charges measured decision wall time,
     so the last digits jitter between identical runs; finer differences are noise."""
@@ -216,6 +220,10 @@ class EvolutionConfig:
     prompt_errors: int = 3
     confirm: ConfirmStage = ConfirmStage()
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.structure_share <= 1.0:
+            raise ValueError(f"structure_share must be in [0, 1], not {self.structure_share}")
+
     def with_(self, **kw: Any) -> EvolutionConfig:
         return replace(self, **kw)
 
@@ -233,6 +241,8 @@ class EvolutionConfig:
         if not self.llm.enabled:  # how to wait for an LLM that is not there shapes nothing
             d.pop("llm_concurrency")
             d.pop("llm_wait_s")
+        if self.structure_share == 0:
+            d.pop("structure_share")  # tuning only: runs from before the option resume
         if self.confirm.top_k <= 0:
             d.pop("confirm")  # off: a run from before the stage existed resumes as it was
         else:

@@ -12,8 +12,9 @@ proposers for the configuration, runs the loop, and closes everything it opened:
   cluster of ``dask_workers``), the loop running in a subflow with that runner.
 
 Proposers: the LLM first when an endpoint is configured (``llm_proposer``), then
-search (``search.TuningProposer``); ``proposers=`` replaces that list (a structural
-search proposer goes there, alone or in a ``proposals.Mix`` with tuning).
+search: structural search over kit compositions (``structure``) and Optuna tuning of
+archived policies' constants (``search``) in a ``proposals.Mix``; ``proposers=``
+replaces that list.
 """
 
 from __future__ import annotations
@@ -26,22 +27,30 @@ from flows.evolution.cascade import Cascade
 from flows.evolution.config import EvolutionConfig
 from flows.evolution.engine import Evolution, Progress
 from flows.evolution.journal import Journal
-from flows.evolution.proposals import Proposer
+from flows.evolution.proposals import Mix, Proposer
 from flows.evolution.rundir import EvolutionError, RunDir
 from flows.evolution.search import TuningProposer
+from flows.evolution.structure import StructureProposer
 from flows.evolution.tracking import Tracker
 
 FANOUTS = ("local", "prefect", "dask")
 
 
 def default_proposers(cfg: EvolutionConfig, journal: Journal) -> list[Proposer]:
-    """The LLM (when configured) ahead of Optuna tuning, which takes every slot it leaves."""
+    """The LLM (when configured) ahead of search, which takes every slot it leaves:
+    structural search and Optuna tuning sharing them by ``cfg.structure_share``."""
     out: list[Proposer] = []
     if cfg.llm.enabled:
         from flows.evolution.llm_proposer import LLMProposer
 
         out.append(LLMProposer(cfg, journal))
-    out.append(TuningProposer())
+    share = cfg.structure_share
+    if share == 0:
+        out.append(TuningProposer())
+    elif share == 1:
+        out.append(StructureProposer(cfg.seed))
+    else:
+        out.append(Mix([(StructureProposer(cfg.seed), share), (TuningProposer(), 1 - share)]))
     return out
 
 
