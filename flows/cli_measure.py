@@ -252,7 +252,100 @@ def bench_headroom(
     )
 
 
+def bench_evolution(
+    scenarios: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
+    objective: Annotated[str, typer.Option(help="slo, capacity or cost.")] = "capacity",
+    budget_wall: Annotated[
+        float, typer.Option(help="Seconds of evolution per scenario (stops at a generation end).")
+    ] = 300.0,
+    population: Annotated[int, typer.Option(help="Slots per generation.")] = 2,
+    tune_trials: Annotated[int, typer.Option(help="Evaluations per slot.")] = 8,
+    structure_share: Annotated[
+        float, typer.Option(help="Share of search slots for structural search (0: tuning only).")
+    ] = 0.75,
+    train_seeds: Annotated[str, typer.Option(help="Train stretches evolution scores on.")] = "0",
+    test_seeds: Annotated[str, typer.Option(help="Test stretches the champion is judged on.")] = (
+        "0,1,2"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the evolutions' random choices.")] = 0,
+    llm: Annotated[
+        str, typer.Option(help="none (search only), local (serve-local's URL), or a base URL.")
+    ] = "none",
+    model: Annotated[str | None, typer.Option(help="LLM model name(s).")] = None,
+    headroom: Annotated[
+        bool, typer.Option(help="Also compute each scenario's clairvoyant reference (slower).")
+    ] = False,
+    backend: Annotated[str, typer.Option(help="Sandbox: process, docker or auto.")] = "process",
+    parallel: Annotated[int, typer.Option(help="Sandboxes at once.")] = 2,
+    mlflow: Annotated[bool, typer.Option(help="Log the figures and plot to MLflow.")] = True,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    json_out: JsonOut = None,
+) -> None:
+    """Evolve on each scenario's train stretch; judge the champion on its test stretches
+    against the best baseline there (the reference is never the seed)."""
+    from flows.cli_control import quiet_defaults
+    from flows.evolution.benchmark import EvolutionBench, bench_evolution, log_to_mlflow
+    from flows.evolution.config import LLMConfig
+    from flows.evolution.llm_local import DEFAULT_URL
+    from sandbox.objectives import Objective
+    from sandbox.scenarios import SCENARIO_NAMES
+
+    names = tuple(n.strip() for n in scenarios.split(",")) if scenarios else SCENARIO_NAMES
+    unknown = [n for n in names if n not in SCENARIO_NAMES]
+    if unknown:
+        fail(f"--scenarios: unknown {', '.join(unknown)}; known: {', '.join(SCENARIO_NAMES)}")
+    base_url = None if llm == "none" else DEFAULT_URL if llm == "local" else llm
+    try:
+        bench = EvolutionBench(
+            scenarios=names, objective=Objective(objective), budget_wall_s=budget_wall,
+            population=population, tune_trials=tune_trials, structure_share=structure_share,
+            train_seeds=_seeds(train_seeds), test_seeds=_seeds(test_seeds), seed=seed,
+            parallel=parallel, backend=backend, headroom=headroom,
+            llm=LLMConfig.from_env(base_url, model, grammar=llm == "local")
+            if base_url else LLMConfig(),
+        )  # fmt: skip
+    except ValueError as e:
+        fail(str(e))
+    quiet_defaults()
+    with progress() as bar:
+        task = bar.add_task("bench evolution", total=None)
+        out = bench_evolution(bench, progress=lambda m: (
+            bar.update(task, description=m), bar.console.print(m, highlight=False)))  # fmt: skip
+    _print_evolution(out)
+    if mlflow:
+        console.print(f"MLflow run: {log_to_mlflow(out, tracking_uri)}")
+    write_json(json_out, out)
+
+
+def _print_evolution(out: dict) -> None:
+    grid = Table(title=f"Evolved champion vs best baseline, test stretches "
+                       f"({out['config']['objective']['name']})")  # fmt: skip
+    for col in ("scenario", "champion", "best baseline", "ratio", "capacity ratio", "origin"):
+        grid.add_column(col, justify="left" if col in ("scenario", "origin") else "right")
+    for r in out["scenarios"]:
+        grid.add_row(r["name"], f"{r['champion']:.3f}",
+                     f"{r['best_baseline']:.3f} {r['best_baseline_name']}", _ratio(r["ratio"]),
+                     _ratio(r["capacity_ratio"]), r["best_origin"])  # fmt: skip
+    console.print(grid)
+    console.print(
+        f"mean ratio {_ratio(out['mean_ratio'])}, min {_ratio(out['min_ratio'])}; capacity "
+        f"mean {_ratio(out['mean_capacity_ratio'])}, min {_ratio(out['min_capacity_ratio'])}; "
+        f"{out['wins']} wins, {out['losses']} losses; "
+        f"{out['evaluations_per_hour']:.0f} evaluations/hour",
+        highlight=False,
+    )
+    funnel = Table(title="Proposals (each stage: how many got that far)")
+    funnel.add_column("kind")
+    stages = ("proposed", "parsed", "contract_ok", "unique", "evaluated", "improving")
+    for stage in stages:
+        funnel.add_column(stage, justify="right")
+    for kind, counts in {"llm": out["llm"], **out["proposers"]}.items():
+        funnel.add_row(kind, *(str(counts[s]) for s in stages))
+    console.print(funnel)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     bench_app.command("compare")(bench_compare)
     bench_app.command("capacity")(bench_capacity)
     bench_app.command("headroom")(bench_headroom)
+    bench_app.command("evolution")(bench_evolution)
