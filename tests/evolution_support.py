@@ -141,6 +141,9 @@ def config(
         llm=llm,
         budget=budget or Budget(),
         llm_wait_s=None,
+        # The loop's tests are about the LLM and tuning; structural search has its own
+        # (test_evolution_structure.py) and is switched on there.
+        structure_share=0.0,
     )
     return EvolutionConfig(**{**base, **kw})
 

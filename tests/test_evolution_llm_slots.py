@@ -105,8 +105,8 @@ def test_repair_rounds_feed_the_error_back_before_and_after_the_sandbox(tmp_path
 
 def test_a_dead_llm_leaves_the_optuna_only_run_as_it_was(tmp_path):
     # A suite where tuning changes scores, so that equal runs are a real comparison.
-    suite = Suite(("bursty-code",), (0,), 0.05)
-    kw = dict(generations=2, population=2, islands=1, quick=suite, tune_trials=3, eval_wall_s=30.0)
+    suite = Suite(("bursty-code",), (0,), 1.0)
+    kw = dict(generations=2, population=2, islands=1, quick=suite, tune_trials=6, eval_wall_s=30.0)
     alone, alone_archive = run(config(None, **kw), tmp_path / "alone")
     # The simulator charges measured decision time, so scores jitter with the machine's
     # load: the LLM run is given the sandbox's answers of the first run (its journal, not
