@@ -1,4 +1,4 @@
-"""``bench evolution``: evolve on a train stretch, judge on test stretches against every baseline."""
+"""``bench evolution``: evolve on a train stretch, judge on test stretches against baselines."""
 
 from __future__ import annotations
 
