@@ -40,6 +40,7 @@ REPORTED_METRICS: tuple[str, ...] = (
     "e2e_p99_s",
     "gpu_share",
     "capacity_scale",
+    "capacity_crossing",
     "capacity_rps",
 )
 """Summary keys an entry reports (mean over seeds), where the summaries have them."""

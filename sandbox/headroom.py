@@ -208,7 +208,7 @@ class _Runs:
                         self.scenario(label, s),
                         lambda sc, s=s: self.attainment_on(label, sc, s),
                         search,
-                    ).scale
+                    ).crossing
                     for s in self.built
                 ]
             )

@@ -8,8 +8,10 @@ Three objectives, all higher-is-better; a user picks one (``--objective``):
               attainment for up to 10,000 requests). Saturates near 1 on easy traffic.
 ``capacity``  SLO capacity (goodput at SLO, as DistServe and Splitwise measure serving
               systems): the highest multiple of the scenario's calibrated arrival rate at
-              which attainment stays >= ``target`` (``sandbox.slo_capacity``). 1.0 is the
-              scenario's own load; it keeps the headroom attainment loses at the top.
+              which attainment stays >= ``target`` (``sandbox.slo_capacity``), read where
+              attainment crosses the target between the bisection's last passing and
+              first failing probes (``Capacity.crossing``), so that it is continuous. 1.0
+              is the scenario's own load; it keeps the headroom attainment loses at the top.
 ``cost``      attainment within a GPU budget: ``attainment x min(1, gpu_budget /
               gpu_share)``, where ``gpu_share`` is the GPU time a policy held over the GPU
               time of the scenario's starting plan for the same run (1.0 for a static
@@ -96,7 +98,9 @@ def run_objective(summary: Mapping[str, float], objective: Objective) -> float:
     it); ``cost`` needs ``gpu_share`` (every simulator summary has it).
     """
     if objective.name == "capacity":
-        return float(summary["capacity_scale"])
+        # The interpolated crossing where the run has one (its bracket's probes), else
+        # the highest passing multiple (summaries from before the crossing was kept).
+        return float(summary.get("capacity_crossing", summary["capacity_scale"]))
     if objective.name == "cost":
         return cost_objective(summary["slo_attainment"], summary["gpu_share"], objective.gpu_budget)
     return slo_objective(summary["slo_attainment"], summary["e2e_mean_s"])

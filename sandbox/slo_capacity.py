@@ -79,6 +79,27 @@ class Capacity:
     """(multiple, attainment) in the order tried."""
     bracketed: bool
     """False when the search hit ``highest`` or ``lowest`` instead of a failing/passing pair."""
+    target: float = 0.90
+
+    @property
+    def crossing(self) -> float:
+        """The multiple where attainment crosses the target: log-linear between the highest
+        passing probe and the lowest failing one above it (``scale`` when unbracketed).
+
+        Finer than the bisection's tolerance at no extra simulation, and continuous: two
+        policies that both pass at ``scale`` and fail one bisection step higher differ
+        here by how far each was from the target, which is what a search must see.
+        """
+        if not self.bracketed or self.scale <= 0:
+            return self.scale
+        above = [(f, a) for f, a in self.probes if f > self.scale and a < self.target]
+        at = [a for f, a in self.probes if f == self.scale]
+        if not above or not at:
+            return self.scale
+        f_hi, a_hi = min(above)
+        a_lo = max(at)
+        t = min(max((a_lo - self.target) / (a_lo - a_hi), 0.0), 1.0) if a_lo > a_hi else 0.0
+        return self.scale * (f_hi / self.scale) ** t
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -89,6 +110,7 @@ class Capacity:
         """What a run's summary carries (flat floats, as the sandbox protocol wants)."""
         return {
             "capacity_scale": self.scale,
+            "capacity_crossing": self.crossing,
             "capacity_rps": self.rps,
             "capacity_probes": float(len(self.probes)),
             "capacity_bracketed": float(self.bracketed),
@@ -153,4 +175,4 @@ def scenario_capacity(
         lambda f: attainment(at_rate(scenario, f)), search, hint
     )
     nominal = nominal_rps(scenario)
-    return Capacity(scale, scale * nominal, nominal, probes, bracketed)
+    return Capacity(scale, scale * nominal, nominal, probes, bracketed, search.target)

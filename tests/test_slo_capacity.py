@@ -12,6 +12,7 @@ from sandbox.harness import build
 from sandbox.scenario import ClusterEvent
 from sandbox.simulator import simulate
 from sandbox.slo_capacity import (
+    Capacity,
     CapacitySearch,
     at_rate,
     nominal_rps,
@@ -35,6 +36,17 @@ def test_bisection_finds_the_knee_within_tolerance(knee: float) -> None:
     assert len(probes) <= 10
     passing = [f for f, a in probes if a >= 0.9]
     assert scale == max(passing)
+
+
+@pytest.mark.parametrize("knee", [0.3, 1.0, 2.7])
+def test_the_crossing_reads_the_knee_finer_than_the_bisection(knee: float) -> None:
+    search = CapacitySearch(target=0.9, tolerance=0.03)
+    scale, probes, bracketed = search_capacity(_knee(knee), search)
+    cap = Capacity(scale, scale, 1.0, probes, bracketed, search.target)
+    assert scale <= cap.crossing <= scale * 1.03
+    assert abs(cap.crossing - knee) <= max(abs(scale - knee) / 4, 1e-6)  # a quarter or less
+    unbracketed = Capacity(4.0, 4.0, 1.0, ((4.0, 1.0),), False, 0.9)
+    assert unbracketed.crossing == 4.0
 
 
 def test_a_close_hint_saves_probes() -> None:
