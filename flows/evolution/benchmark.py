@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.evolution.config import Budget, EvolutionConfig, LLMConfig, Suite
+from flows.evolution.engine import Progress as LoopProgress
 from flows.evolution.proposals import STAGES
 from flows.evolution.run import open_evolution
 from sandbox.compare import Comparison, Setting, compare_to_baselines, sandboxed
@@ -79,9 +80,14 @@ class EvolutionBench:
         )
 
 
-def evolve_one(bench: EvolutionBench, scenario: str, root: Path) -> tuple[str, dict[str, Any]]:
+def evolve_one(
+    bench: EvolutionBench, scenario: str, root: Path, progress: Progress
+) -> tuple[str, dict[str, Any]]:
     """One evolution on ``scenario``'s train stretch: (best source, run summary)."""
-    evo = open_evolution(bench.evolution(scenario), root / scenario, fresh=True)
+    hooks = LoopProgress(
+        generation=lambda g, best: progress(f"{scenario}: generation {g}, best {best:.4f} (train)")
+    )
+    evo = open_evolution(bench.evolution(scenario), root / scenario, fresh=True, progress=hooks)
     try:
         summary = evo.run()
         best = evo.archive.candidates[summary["best_candidate"]]
@@ -158,7 +164,7 @@ def bench_evolution(bench: EvolutionBench, progress: Progress | None = None) -> 
         try:
             for scenario in bench.scenarios:
                 tick(f"{scenario}: evolving on the train stretch ({bench.budget_wall_s:.0f} s)")
-                source, summary = evolve_one(bench, scenario, root)
+                source, summary = evolve_one(bench, scenario, root, tick)
                 summaries.append(summary)
                 tick(f"{scenario}: champion against every baseline on the test stretches")
                 row = scenario_row(bench, scenario, source, evaluate, tick)
