@@ -58,9 +58,9 @@ def replay_stage(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result.")] = None,
 ) -> None:
     """Replay a scenario slice through the router running POLICY on engines; vs the simulator."""
-    from sandbox.replay_engines import EngineTarget
-    from sandbox.replay_stage import ReplayRequest
-    from sandbox.replay_worker import run_isolated
+    from sandbox.replay.engines import EngineTarget
+    from sandbox.replay.stage import ReplayRequest
+    from sandbox.replay.worker import run_isolated
     from serving.policy_loader import BUILTIN_POLICIES, builtin_source
 
     # The source only: the policy is loaded in the stage's worker, never in this process.

@@ -112,7 +112,7 @@ def replay(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary.")] = None,
 ) -> None:
     """Open-loop replay of a trace against any OpenAI-compatible endpoint."""
-    from sandbox.shots import workload_shots
+    from sandbox.replay.shots import workload_shots
     from sandbox.traces import load_trace
     from serving.loadgen import run_load, summarize
 

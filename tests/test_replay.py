@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 from aiohttp import web
 
-from sandbox.shots import workload_shots
+from sandbox.replay.shots import workload_shots
 from sandbox.workload import Workload
 from serving.engine_server import EngineServer, EngineServerConfig
 from serving.fleet import free_port

@@ -32,8 +32,8 @@ from flows.evolution.cascade import Cascade, Outcome
 from flows.evolution.config import ConfirmStage, EvolutionConfig, Suite
 from flows.evolution.journal import Journal
 from sandbox.backends import MARKER_ENV, leftover_processes
-from sandbox.replay_engines import EngineTarget, engines_cluster
-from sandbox.replay_stage import (
+from sandbox.replay.engines import EngineTarget, engines_cluster
+from sandbox.replay.stage import (
     ReplayRequest,
     agreement,
     measured,
@@ -41,7 +41,7 @@ from sandbox.replay_stage import (
     scenario_slice,
     summary_of,
 )
-from sandbox.replay_worker import run_isolated
+from sandbox.replay.worker import run_isolated
 from sandbox.scenario import ClusterEvent, ClusterSpec, Scenario
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec

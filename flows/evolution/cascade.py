@@ -1,7 +1,7 @@
 """Candidate evaluation through the sandbox, journaled, in a quick-then-full cascade.
 
 An optional third stage (``confirm``, off unless ``cfg.confirm.top_k`` > 0) replays
-a slice of a scenario through the live router on engines (``sandbox.replay_stage``,
+a slice of a scenario through the live router on engines (``sandbox.replay.stage``,
 in a worker process of its own) for the few candidates that got that far.
 
 Every source is sent to ``sandbox.evaluator.Evaluator`` over a real isolation
@@ -25,8 +25,8 @@ from flows.evolution.journal import Journal
 from sandbox.evaluator import Evaluator
 from sandbox.objectives import objective_by_scenario
 from sandbox.protocol import EvalRequest, EvalResponse, Limits
-from sandbox.replay_stage import ReplayRequest, ReplayResult
-from sandbox.replay_worker import run_isolated
+from sandbox.replay.stage import ReplayRequest, ReplayResult
+from sandbox.replay.worker import run_isolated
 
 # A replay that stopped here judged the candidate, not the machine: worth journaling.
 _VERDICT_STAGES = ("static", "load")

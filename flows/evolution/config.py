@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sandbox.objectives import Objective
-from sandbox.replay_engines import EngineTarget
+from sandbox.replay.engines import EngineTarget
 from sandbox.scenarios import SCENARIO_NAMES
 from sandbox.splits import check_split
 
@@ -124,7 +124,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class ConfirmStage:
-    """The replay stage after the full suite (``sandbox.replay_stage``); off at ``top_k`` 0.
+    """The replay stage after the full suite (``sandbox.replay.stage``); off at ``top_k`` 0.
 
     The best ``top_k`` challengers and the champion each route the first ``requests``
     requests of ``scenario`` through the live router on engines (``target``: simulated

@@ -1,7 +1,7 @@
 """The replay stage in a worker process: what callers outside the evaluation plane use.
 
-``run_isolated(request)`` runs ``sandbox.replay_stage.run`` as ``python -m
-sandbox.replay_worker REQUEST.json RESULT.json`` in a session of its own, so the
+``run_isolated(request)`` runs ``sandbox.replay.stage.run`` as ``python -m
+sandbox.replay.worker REQUEST.json RESULT.json`` in a session of its own, so the
 candidate policy the router loads never runs in the caller's process, and
 bounds it by the request's wall-clock limit. Nothing the worker starts outlives
 the call: on the limit the worker gets SIGTERM (it unwinds, stopping router,
@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandbox.replay_stage import ReplayRequest, ReplayResult, run
+from sandbox.replay.stage import ReplayRequest, ReplayResult, run
 
-CODE_ROOT = Path(__file__).resolve().parents[1]
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_isolated(req: ReplayRequest, *, grace_s: float = 20.0) -> ReplayResult:
@@ -34,7 +34,7 @@ def run_isolated(req: ReplayRequest, *, grace_s: float = 20.0) -> ReplayResult:
         inp.write_text(json.dumps(req.to_dict()))
         with err.open("wb") as err_fh:  # a file, not a pipe: a chatty policy cannot block it
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sandbox.replay_worker", str(inp), str(res)],
+                [sys.executable, "-m", "sandbox.replay.worker", str(inp), str(res)],
                 cwd=CODE_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=err_fh, start_new_session=True)
             timed_out = False

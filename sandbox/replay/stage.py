@@ -4,7 +4,7 @@ The simulator stage scores a candidate in virtual time; this stage confirms it
 on engines: the first ``requests`` requests (and/or ``seconds``) of a scenario's
 workload are replayed open-loop through ``serving.router.Router`` running the
 candidate, in front of the engines of an ``EngineTarget``
-(``sandbox.replay_engines``): simulated vLLM-compatible engines as local
+(``sandbox.replay.engines``): simulated vLLM-compatible engines as local
 processes (what CI runs), engines already up at given URLs (real vLLM on a GPU
 runner), or ``vllm serve`` containers. Latencies are measured at the client and
 go through ``sandbox.results.SimResult``, so the summary has the simulator's
@@ -26,7 +26,7 @@ per-request replica are not observable from outside the engines (``queue_mean_s`
 is NaN); retries and preemptions are the router's and engines' totals.
 
 Isolation: callers outside this plane run the stage in a worker process of its
-own (``sandbox.replay_worker.run_isolated``), never in their process. That worker
+own (``sandbox.replay.worker.run_isolated``), never in their process. That worker
 is not a sandbox: it needs loopback networking and starts engines. Candidates
 reach this stage only after the sandboxed simulator stage; ``run`` re-runs the
 static checks first, and the worker is bounded by a wall-clock limit and its
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from sandbox.replay_engines import (
+from sandbox.replay.engines import (
     EngineError,
     EngineTarget,
     engines_cluster,
@@ -56,9 +56,9 @@ from sandbox.replay_engines import (
     served_model,
     start_fleet,
 )
+from sandbox.replay.shots import workload_shots
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
 from sandbox.scenario import Scenario
-from sandbox.shots import workload_shots
 from sandbox.transforms import head, window
 from sandbox.workload import WorkloadError
 from serving.fleet import Fleet
