@@ -9,16 +9,14 @@ numpy/pandas are imported lazily, so serving never pays for them.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serving.hardware import GPUS, MODELS, PROFILED
+from serving.shared_data import shared_dir
 from serving.steptime import DATA_PATH, _load, combo_key, step_time_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Hinge knots of lin(n) (tokens), dense where GEMMs leave the memory-bound regime. None past
 # 1024: the GEMMs are compute-bound and linear there (Vidur's A100 op profile is linear to
@@ -26,11 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 # quadratic prefill attention of the single-sequence prefill rows.
 KNOTS: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
 LM_KNOT = 192  # lm_head: flat (weight read) up to ~192 rows, then compute-bound
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("AUTOPOIESIS_SHARED")
-    return Path(env) if env else REPO.parent / "shared"
 
 
 @dataclass(frozen=True)

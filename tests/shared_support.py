@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from serving.steptime_fit import shared_dir
+from serving.shared_data import shared_dir
 
 REQUIRE_SHARED = "AUTOPOIESIS_REQUIRE_SHARED"
 

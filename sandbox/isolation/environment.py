@@ -9,6 +9,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from serving.shared_data import shared_dir
+
 CODE_ROOT = Path(__file__).resolve().parents[2]
 """The folder holding the ``serving`` and ``sandbox`` packages (the repo root)."""
 CODE_PACKAGES = ("serving", "sandbox")
@@ -42,9 +44,10 @@ def code_hash(root: Path = CODE_ROOT) -> str:
 
 
 def find_shared_dir(explicit: str | None = None) -> str | None:
-    """The scenario data folder to mount read-only (as ``sandbox.traces.shared_dir``)."""
-    cand = explicit or os.environ.get("AUTOPOIESIS_SHARED") or str(CODE_ROOT.parent / "shared")
-    return str(Path(cand).resolve()) if Path(cand).is_dir() else None
+    """The scenario data folder to mount read-only (``explicit``, else ``shared_dir()``),
+    resolved; None when it is not a folder."""
+    cand = Path(explicit) if explicit else shared_dir()
+    return str(cand.resolve()) if cand.is_dir() else None
 
 
 WINDOWS_MOUNT = "/windows"
