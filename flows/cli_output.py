@@ -7,6 +7,7 @@ Shared by ``flows/cli.py`` and the command modules it registers (``cli_serving``
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -35,6 +36,16 @@ def progress() -> Progress:
         console=console,
         transient=True,
     )
+
+
+def cell(
+    value: float | None, fmt: str = "{:.4g}", *, scale: float = 1.0, missing: str = "-"
+) -> str:
+    """A number as a table cell: ``fmt`` of ``value * scale``, ``missing`` where there is none
+    (None, NaN or infinite)."""
+    if value is None or not math.isfinite(value):
+        return missing
+    return fmt.format(value * scale)
 
 
 def write_json(path: Path | None, payload: object) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, write_json
+from flows.cli_output import cell, console, write_json
 from flows.cli_output import fail as _fail
 
 ROWS = (
@@ -29,10 +29,6 @@ ROWS = (
     ("preemptions", "preemptions", 1.0, "{:.0f}"),
     ("retries", "retries", 1.0, "{:.0f}"),
 )
-
-
-def _cell(value: float | None, scale: float, fmt: str) -> str:
-    return "-" if value is None or not math.isfinite(value) else fmt.format(value * scale)
 
 
 def replay_stage(
@@ -93,8 +89,8 @@ def replay_stage(
     for label, key, mult, fmt in ROWS:
         sim, live = res.simulated.get(key), res.summary.get(key)
         ratio = live / sim if sim and live is not None and math.isfinite(sim) else None
-        table.add_row(label, _cell(sim, mult, fmt), _cell(live, mult, fmt),
-                      _cell(ratio, 1.0, "{:.3f}"))
+        table.add_row(label, cell(sim, fmt, scale=mult), cell(live, fmt, scale=mult),
+                      cell(ratio, "{:.3f}"))
     console.print(table)
     if res.sim_error:
         console.print(f"[yellow]simulator:[/] {res.sim_error}", highlight=False)

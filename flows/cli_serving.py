@@ -8,7 +8,6 @@ evaluation plane; the HTTP load generator itself is ``serving.loadgen``.
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, write_json
+from flows.cli_output import cell, console, write_json
 from flows.cli_output import fail as _fail
 
 
@@ -133,7 +132,8 @@ def replay(
     for col in ("", "p50", "p90", "p99", "mean"):
         table.add_column(col)
     for name, d in (("TTFT ms", s.ttft_ms), ("TPOT ms", s.tpot_ms), ("E2E ms", s.e2e_ms)):
-        table.add_row(name, *(_fmt(d.get(k, math.nan)) for k in ("p50", "p90", "p99", "mean")))
+        row = (cell(d.get(k), "{:.1f}", missing="nan") for k in ("p50", "p90", "p99", "mean"))
+        table.add_row(name, *row)
     console.print(table)
     console.print(f"ok {s.ok}/{s.requests}  failed {s.failed}  {s.throughput_rps:.1f} req/s  "
                   f"{s.output_tok_s:.0f} tok/s  max send lag {s.max_send_lag_ms:.1f} ms")
@@ -190,10 +190,6 @@ def bench_router(
     console.print(f"max rate with no failures and added p99 <= 10 ms: "
                   f"{out['max_rate_no_failures']}; swaps: {out['swap']}")
     write_json(json_out, out)
-
-
-def _fmt(v: float) -> str:
-    return "nan" if v != v else f"{v:.1f}"
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

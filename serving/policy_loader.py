@@ -271,8 +271,8 @@ def _check_value(name: str, label: str, value: object, spec: Param) -> float:
         raise PolicyError(f"policy '{name}': {label} = {value!r} is not a finite number")
     if not spec.low <= value <= spec.high:
         raise PolicyError(
-            f"policy '{name}': {label} = {value!r} is outside [{_fmt(spec.low)}, "
-            f"{_fmt(spec.high)}]"
+            f"policy '{name}': {label} = {value!r} is outside [{_number_text(spec.low)}, "
+            f"{_number_text(spec.high)}]"
         )
     if spec.integer:
         if value != int(value):
@@ -281,7 +281,7 @@ def _check_value(name: str, label: str, value: object, spec: Param) -> float:
     return float(value)
 
 
-def _fmt(x: float) -> str:
+def _number_text(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 
 
