@@ -46,10 +46,10 @@ def serve(
     """Start engines (simulated by default, or llama.cpp) and the router in front of them."""
     import secrets
 
-    from serving.engine_server import _install_uvloop
     from serving.llamacpp import SMOLLM_ALIAS, available
     from serving.policy_loader import PolicyError
     from serving.policy_runtime import PolicyRuntime
+    from serving.process_tuning import install_uvloop
     from serving.router import RouterConfig
     from serving.serve import load_policy_spec, make_fleet, serve_forever
 
@@ -66,7 +66,7 @@ def serve(
     token = admin_token or secrets.token_urlsafe(24)
     if not admin_token:
         console.print(f"admin token (generated): {token}")
-    _install_uvloop()
+    install_uvloop()
     asyncio.run(serve_forever(
         fleet, PolicyRuntime(loaded), RouterConfig(telemetry_dir=telemetry_dir,
                                                    model_name=model),

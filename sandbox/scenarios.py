@@ -54,6 +54,7 @@ from serving.contract import Plan, ReplicaSpec
 
 # Re-exported: the catalogue's building blocks used to live here.
 __all__ = [
+    "SCENARIO_DESCRIPTIONS",
     "SCENARIO_NAMES",
     "SCENARIO_REQUESTS",
     "Size",
@@ -383,6 +384,9 @@ SCENARIO_NAMES: tuple[str, ...] = tuple(_SCENARIOS)
 
 SCENARIO_REQUESTS: dict[str, int] = {n: e.requests for n, e in _SCENARIOS.items()}
 """At least this many requests at scale 1, for every seed and split."""
+
+SCENARIO_DESCRIPTIONS: dict[str, str] = {n: e.description for n, e in _SCENARIOS.items()}
+"""One line per scenario: what it replays on which cluster (the LLM's prompt shows it)."""
 
 
 def scenario_size(name: str, scale: float = 1.0, split: str = "train") -> Size:

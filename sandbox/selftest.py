@@ -248,7 +248,7 @@ def run_case(
             )
         # Nothing left behind.
         backend.flush()
-        markers = backend._last_markers[-1:] if resp.stage != "static" else []
+        markers = backend.last_markers[-1:] if resp.stage != "static" else []
         for m in markers:
             left = leftover_processes(m)
             if left:

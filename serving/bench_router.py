@@ -78,14 +78,16 @@ def find_rust_router() -> str | None:
     return None
 
 
-def _spawn(name: str, cmd: list[str], url: str) -> Proc:
+def spawn(name: str, cmd: list[str], url: str) -> Proc:
+    """Start ``cmd`` (one benchmark target) in the repository, quiet."""
     popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, cwd=REPO,
                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     return Proc(name, url, popen)
 
 
-def _stop(procs: Sequence[Proc]) -> None:
+def stop_all(procs: Sequence[Proc]) -> None:
+    """Terminate every process, then kill whatever is still up after 5 s."""
     for p in procs:
         if p.popen.poll() is None:
             p.popen.terminate()
@@ -97,21 +99,22 @@ def _stop(procs: Sequence[Proc]) -> None:
             p.popen.wait()
 
 
-async def _start_all(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list[Proc], dict]:
+async def start_targets(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list[Proc], dict]:
+    """Two engines, our router in front of them and, if found, the Rust vllm-router."""
     procs: list[Proc] = []
     engines = []
     for _ in range(2):
         port = free_port()
-        engines.append(_spawn(cfg.engines, _engine_command(cfg, port),
+        engines.append(spawn(cfg.engines, _engine_command(cfg, port),
                               f"http://127.0.0.1:{port}"))
     procs += engines
     for e in engines:
         if not await wait_healthy(e.url, 120, e.popen):
-            _stop(procs)
+            stop_all(procs)
             raise RuntimeError(f"{cfg.engines} engine did not start")
     port, admin_port = free_port(), free_port()
     token = "bench-" + hashlib.sha256(os.urandom(16)).hexdigest()[:16]
-    ours = _spawn("autopoiesis", [
+    ours = spawn("autopoiesis", [
         sys.executable, "-m", "serving.serve", "--port", str(port), "--admin-port",
         str(admin_port), "--admin-token", token, "--policy", cfg.policy, "--no-reschedule",
         *[a for e in engines for a in ("--engine-url", e.url)]], f"http://127.0.0.1:{port}")
@@ -124,7 +127,7 @@ async def _start_all(cfg: BenchConfig, log: Callable[[str], None]) -> tuple[list
     if rust:
         port = free_port()
         prom_port = free_port()
-        rr = _spawn("vllm-router", [
+        rr = spawn("vllm-router", [
             rust, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin",
             "--prometheus-port", str(prom_port), "--prometheus-host", "127.0.0.1",
             "--log-level", "error", "--worker-urls", *[e.url for e in engines]],
@@ -198,7 +201,7 @@ async def _swap_under_load(cfg: BenchConfig, ours: Proc) -> dict:
 
 
 async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    procs, info = await _start_all(cfg, log)
+    procs, info = await start_targets(cfg, log)
     targets: dict = info["targets"]
     out: dict = {"rates": list(cfg.rates), "targets": list(targets), "per_rate": [],
                  "config": {"duration_s": cfg.duration_s, "output_tokens": cfg.output_tokens,
@@ -262,14 +265,14 @@ async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dic
         else:
             out["swap"] = None
     finally:
-        _stop(procs)
+        stop_all(procs)
     return out
 
 
 def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    from serving.engine_server import _install_uvloop
+    from serving.process_tuning import install_uvloop
 
-    _install_uvloop()
+    install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run_bench(cfg, log))
     raise SystemExit(130)

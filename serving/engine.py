@@ -272,6 +272,15 @@ class ReferenceEngine(_EngineCore):
     def snapshot(self, now: float) -> tuple[int, int, int]:
         return len(self.running), len(self.waiting), self.cache.used
 
+    def cancel(self, seq: Sequence) -> None:
+        """Drop one sequence as vLLM aborts a request whose client went away: a running
+        one gives its KV blocks back, a waiting one leaves the queue."""
+        if seq in self.running:
+            del self.running[seq]
+            self._free(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
     def _start(self, now: float) -> None:
         while True:
             batch, preempted = self._schedule_explicit(now)

@@ -33,6 +33,7 @@ from aiohttp import web
 from serving import prom
 from serving.engine import EngineConfig, ReferenceEngine, Sequence
 from serving.hardware import cold_start_s, kv_block_capacity
+from serving.process_tuning import install_uvloop
 from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
 from serving.steptime import step_time_model
 
@@ -273,13 +274,8 @@ class EngineServer:
 
     def _drop(self, seq: Sequence) -> None:
         """The client went away: free the sequence as vLLM aborts a request."""
-        engine = self.engine
-        assert engine is not None
-        if seq in engine.running:
-            del engine.running[seq]
-            engine._free(seq)
-        elif seq in engine.waiting:
-            engine.waiting.remove(seq)
+        assert self.engine is not None
+        self.engine.cancel(seq)
         self.success["abort"] += 1
 
     async def _model_tokens(self, st: _Stream):
@@ -553,17 +549,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[EngineServerConfig, str, 
 
 def run(config: EngineServerConfig, host: str = "127.0.0.1", port: int = 8001) -> None:
     """Serve until interrupted (SIGINT/SIGTERM stop it cleanly)."""
-    _install_uvloop()
+    install_uvloop()
     web.run_app(EngineServer(config).app(), host=host, port=port, print=None,
                 access_log=None, handle_signals=True)
-
-
-def _install_uvloop() -> None:
-    # uvloop roughly halves per-request event-loop overhead; optional.
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import secrets
 import signal
@@ -25,6 +24,7 @@ from serving.fleet import Fleet, LocalFleet, StaticFleet, free_port
 from serving.llamacpp import SMOLLM_ALIAS, LlamaCppFleet
 from serving.policy_loader import BUILTIN_POLICIES, builtin_policy, load_policy_file
 from serving.policy_runtime import PolicyRuntime
+from serving.process_tuning import install_uvloop, tune_gc
 from serving.router import Router, RouterConfig
 
 
@@ -119,19 +119,6 @@ async def serve_forever(
         await fleet.close()
 
 
-def tune_gc() -> None:
-    """Fewer, smaller collector pauses on the request path.
-
-    Everything loaded at start-up (modules, policy, config) is frozen out of the
-    collector, and the young-generation threshold raised: a router allocates
-    many short-lived objects per request, and each default-threshold collection
-    shows up as a latency spike at p99.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 50)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Autopoiesis router in front of engines.")
     p.add_argument("--engine-url", action="append", default=[])
@@ -149,9 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--route-budget-ms", type=float, default=2.0)
     p.add_argument("--no-reschedule", action="store_true")
     a = p.parse_args(argv)
-    from serving.engine_server import _install_uvloop
-
-    _install_uvloop()
+    install_uvloop()
     tune_gc()
     fleet = make_fleet(a.engines, a.engine_url, a.gpu, a.model, [], a.engine_kind)
     runtime = PolicyRuntime(load_policy_spec(a.policy), budget_s=a.route_budget_ms / 1000)

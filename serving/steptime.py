@@ -158,3 +158,9 @@ def step_time_model(model: str, gpu: str, tp: int) -> StepTimeModel:
         raise UnknownHardware(f"no fitted step-time coefficients for {key}; run "
                               "`python -m serving.steptime_fit fit`")
     return StepTimeModel(combos[key])
+
+
+def reload_coefficients() -> None:
+    """Forget the cached coefficients and models: ``DATA_PATH`` has just been rewritten."""
+    _load.cache_clear()
+    step_time_model.cache_clear()

@@ -16,7 +16,7 @@ from typing import Any
 
 from serving.hardware import GPUS, MODELS, PROFILED
 from serving.shared_data import shared_dir
-from serving.steptime import DATA_PATH, _load, combo_key, step_time_model
+from serving.steptime import DATA_PATH, combo_key, reload_coefficients, step_time_model
 
 # Hinge knots of lin(n) (tokens), dense where GEMMs leave the memory-bound regime. None past
 # 1024: the GEMMs are compute-bound and linear there (Vidur's A100 op profile is linear to
@@ -356,8 +356,7 @@ def fit_and_write(shared: Path | None = None, path: Path = DATA_PATH) -> dict[st
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    _load.cache_clear()
-    step_time_model.cache_clear()
+    reload_coefficients()
     return doc
 
 

@@ -94,10 +94,10 @@ def test_sandbox_sees_no_host_environment_or_files(backend, tmp_path, monkeypatc
 
 
 def test_static_rejection_starts_no_sandbox(backend):
-    before = len(backend._last_markers)
+    before = len(backend.last_markers)
     resp = backend.evaluate(EvalRequest.build("import os\n" + good_source(), [SCEN]))
     assert resp.stage == "static" and "import of 'os'" in resp.reason
-    assert len(backend._last_markers) == before
+    assert len(backend.last_markers) == before
 
 
 def test_deadline_kills_the_whole_sandbox(backend):
@@ -114,7 +114,7 @@ def test_deadline_kills_the_whole_sandbox(backend):
         EvalRequest.build(src, [SCEN], limits=Limits(wall_s=2.0), static_checks=False)
     )
     assert resp.stage == "limit" and "deadline of 2 s" in resp.reason
-    assert leftover_processes(backend._last_markers[-1]) == []
+    assert leftover_processes(backend.last_markers[-1]) == []
 
 
 def test_unknown_scenario_is_an_internal_error_not_the_candidates(backend):

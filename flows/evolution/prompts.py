@@ -172,11 +172,8 @@ def repair_messages(
 
 def describe_workload(scenarios: tuple[str, ...]) -> str:
     """One line per scenario of the suite, from the catalogue's own descriptions."""
-    from sandbox import scenarios as catalogue
+    from sandbox.scenarios import SCENARIO_DESCRIPTIONS
 
-    lines = []
-    for name in scenarios:
-        # The catalogue keeps descriptions in its private table; absent ones read "custom".
-        entry = getattr(catalogue, "_SCENARIOS", {}).get(name)
-        lines.append(f"- {name}: {entry.description if entry else 'custom scenario'}")
-    return "\n".join(lines)
+    return "\n".join(
+        f"- {name}: {SCENARIO_DESCRIPTIONS.get(name, 'custom scenario')}" for name in scenarios
+    )

@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from serving.bench_router import BenchConfig, _spawn, _start_all, _stop
+from serving.bench_router import BenchConfig, spawn, start_targets, stop_all
 from serving.fleet import free_port, wait_healthy
 from serving.loadgen import poisson_shots, run_load, summarize
 
@@ -33,12 +33,12 @@ def user_cpu_s(pid: int) -> float:
 
 async def main(rate: float, seconds: float, rounds: int) -> None:
     cfg = BenchConfig(rates=(rate,))
-    procs, info = await _start_all(cfg, print)
+    procs, info = await start_targets(cfg, print)
     try:
         pids = {"autopoiesis": info["ours"].popen.pid}
         urls = {"autopoiesis": info["targets"]["autopoiesis"]}
         port = free_port()
-        bare = _spawn("bare-aiohttp", [sys.executable, str(HERE / "http_stack_proxies.py"),
+        bare = spawn("bare-aiohttp", [sys.executable, str(HERE / "http_stack_proxies.py"),
                                        "aiohttp", str(port), info["targets"]["direct"][0]],
                       f"http://127.0.0.1:{port}")
         procs.append(bare)
@@ -62,13 +62,13 @@ async def main(rate: float, seconds: float, rounds: int) -> None:
             print(f"{name:>13}: user CPU per request, median {statistics.median(vals):4.0f} us"
                   f"  (rounds: {', '.join(f'{v:.0f}' for v in vals)})")
     finally:
-        _stop(procs)
+        stop_all(procs)
 
 
 if __name__ == "__main__":
-    from serving.engine_server import _install_uvloop
+    from serving.process_tuning import install_uvloop
 
     args = [float(a) for a in sys.argv[1:]]
-    _install_uvloop()
+    install_uvloop()
     asyncio.run(main(args[0] if args else 200.0, args[1] if len(args) > 1 else 4.0,
                      int(args[2]) if len(args) > 2 else 4))

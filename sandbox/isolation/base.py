@@ -14,14 +14,14 @@ from dataclasses import replace
 
 from sandbox.isolation.environment import SandboxUnavailable, windows_source
 from sandbox.isolation.outcome import RawRun, interpret
-from sandbox.isolation.pipes import _thread
+from sandbox.isolation.pipes import daemon_thread
 from sandbox.protocol import EvalRequest, EvalResponse, Limits
 from sandbox.static_checks import first_violation
 
 log = logging.getLogger("autopoiesis.sandbox")
 
 
-class _Worker(ABC):
+class Worker(ABC):
     """One sandbox, used for exactly one evaluation."""
 
     marker: str
@@ -59,16 +59,18 @@ class Backend(ABC):
     def __init__(self, *, prewarm: int = 0) -> None:
         self.prewarm = max(0, int(prewarm))
         # Pre-started sandboxes by what they were started for: limits and windows mount.
-        self._pool: dict[tuple[Limits, str | None], list[_Worker]] = {}
+        self._pool: dict[tuple[Limits, str | None], list[Worker]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._refills: list[threading.Thread] = []
-        self._last_markers: list[str] = []
+        self.last_markers: list[str] = []
+        """Markers of the last 64 sandboxes used, newest last: what a check of leftover
+        processes looks for."""
         _OPEN_BACKENDS.add(self)
 
     # subclasses
     @abstractmethod
-    def _spawn(self, limits: Limits, windows: str | None = None) -> _Worker:
+    def _spawn(self, limits: Limits, windows: str | None = None) -> Worker:
         """Start one sandbox; ``windows`` (a host folder) is mounted read-only at /windows."""
 
     @abstractmethod
@@ -92,8 +94,8 @@ class Backend(ABC):
             log.exception("sandbox %s could not start", self.name)
             resp = EvalResponse.reject(req, "internal", f"sandbox could not start: {e}")
             return replace(resp, backend=self.name, wall_s=time.monotonic() - t0)
-        self._last_markers.append(worker.marker)
-        del self._last_markers[:-64]
+        self.last_markers.append(worker.marker)
+        del self.last_markers[:-64]
         try:
             raw = worker.run((req.to_json() + "\n").encode(), req.limits)
         finally:
@@ -105,7 +107,7 @@ class Backend(ABC):
         """Hook: the unsafe backend warns here, every time."""
         return None
 
-    def _take(self, limits: Limits, windows: str | None = None) -> _Worker:
+    def _take(self, limits: Limits, windows: str | None = None) -> Worker:
         worker = None
         key = (limits, windows)
         with self._lock:
@@ -156,7 +158,7 @@ class Backend(ABC):
         self._refills = [t for t in self._refills if t.is_alive()]
         if self._refills:  # one filler at a time is enough
             return self._refills[0]
-        t = _thread(fill)
+        t = daemon_thread(fill)
         self._refills.append(t)
         return t
 

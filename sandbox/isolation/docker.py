@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from sandbox.isolation.base import Backend, _Worker
+from sandbox.isolation.base import Backend, Worker
 from sandbox.isolation.environment import (
     CODE_HASH_LABEL,
     CODE_PACKAGES,
@@ -25,7 +25,7 @@ from sandbox.isolation.environment import (
     sandbox_env,
 )
 from sandbox.isolation.outcome import RawRun
-from sandbox.isolation.pipes import _Capped, _thread
+from sandbox.isolation.pipes import CappedBuffer, daemon_thread
 from sandbox.protocol import Limits
 
 log = logging.getLogger("autopoiesis.sandbox")
@@ -34,7 +34,7 @@ _HOST = socket.gethostname()
 _OWNER = f"{_HOST}:{os.getpid()}"
 
 
-class _DockerWorker(_Worker):
+class _DockerWorker(Worker):
     def __init__(
         self, backend: DockerBackend, limits: Limits, windows: str | None = None
     ) -> None:
@@ -44,8 +44,8 @@ class _DockerWorker(_Worker):
         api = backend.client.api
         self.api = api
         self.marker = uuid.uuid4().hex
-        self.out = _Capped(limits.output_bytes)
-        self.err = _Capped(min(limits.output_bytes, 256 * 1024), tail=True)
+        self.out = CappedBuffer(limits.output_bytes)
+        self.err = CappedBuffer(min(limits.output_bytes, 256 * 1024), tail=True)
         self.cid: str | None = None
         self._discarded = False
         config = backend.container_config(limits, self.marker, windows)
@@ -69,7 +69,7 @@ class _DockerWorker(_Worker):
             finally:
                 self.out.done.set()
 
-        self._reader = _thread(pump)
+        self._reader = daemon_thread(pump)
 
     def _raw_sock(self):
         return getattr(self.sock, "_sock", self.sock)
@@ -84,7 +84,7 @@ class _DockerWorker(_Worker):
             with contextlib.suppress(OSError):
                 self._raw_sock().sendall(line)
 
-        _thread(write)
+        daemon_thread(write)
         if not self.out.done.wait(limits.wall_s):
             raw.timed_out = True
             with contextlib.suppress(Exception):
@@ -242,7 +242,7 @@ class DockerBackend(Backend):
             "host_config": host_config,
         }
 
-    def _spawn(self, limits: Limits, windows: str | None = None) -> _Worker:
+    def _spawn(self, limits: Limits, windows: str | None = None) -> Worker:
         return _DockerWorker(self, limits, windows)
 
     def _remove_later(self, cid: str) -> None:
@@ -259,7 +259,7 @@ class DockerBackend(Backend):
 
         with self._rm_lock:
             self._removals = [t for t in self._removals if t.is_alive()]
-            self._removals.append(_thread(rm))
+            self._removals.append(daemon_thread(rm))
 
     def flush(self) -> None:
         with self._rm_lock:

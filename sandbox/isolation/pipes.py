@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sandbox.isolation.environment import READY_LINE
 
 
-class _Capped:
+class CappedBuffer:
     """Collects a byte stream up to ``cap`` (head) or keeping the last ``cap`` bytes (tail)."""
 
     def __init__(self, cap: int, *, tail: bool = False) -> None:
@@ -40,7 +40,8 @@ class _Capped:
         return bytes(self.buf[-self.cap :] if self.tail else self.buf)
 
 
-def _pump_fd(stream, sink: _Capped) -> None:
+def pump_fd(stream, sink: CappedBuffer) -> None:
+    """Read ``stream`` to its end into ``sink``; ``sink.done`` is set afterwards."""
     fd = stream.fileno()
     try:
         while True:
@@ -54,7 +55,8 @@ def _pump_fd(stream, sink: _Capped) -> None:
         sink.done.set()
 
 
-def _thread(target: Callable, *args) -> threading.Thread:
+def daemon_thread(target: Callable, *args) -> threading.Thread:
+    """``target(*args)`` on a started daemon thread."""
     t = threading.Thread(target=target, args=args, daemon=True)
     t.start()
     return t

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sandbox.isolation.base import Backend, _Worker
+from sandbox.isolation.base import Backend, Worker
 from sandbox.isolation.cgroup import Cgroup
 from sandbox.isolation.environment import (
     CODE_PACKAGES,
@@ -27,7 +27,7 @@ from sandbox.isolation.environment import (
     sandbox_env,
 )
 from sandbox.isolation.outcome import RawRun
-from sandbox.isolation.pipes import _Capped, _pump_fd, _thread
+from sandbox.isolation.pipes import CappedBuffer, daemon_thread, pump_fd
 from sandbox.protocol import Limits
 
 log = logging.getLogger("autopoiesis.sandbox")
@@ -101,7 +101,7 @@ def _child_limits(limits: Limits, procs_files: list[str]) -> Callable[[], None]:
     return setup
 
 
-class _ProcessWorker(_Worker):
+class _ProcessWorker(Worker):
     def __init__(
         self,
         argv: list[str],
@@ -125,11 +125,11 @@ class _ProcessWorker(_Worker):
             close_fds=True,
             preexec_fn=_child_limits(limits, procs),
         )
-        self.out = _Capped(limits.output_bytes)
-        self.err = _Capped(min(limits.output_bytes, 256 * 1024), tail=True)
+        self.out = CappedBuffer(limits.output_bytes)
+        self.err = CappedBuffer(min(limits.output_bytes, 256 * 1024), tail=True)
         self._readers = [
-            _thread(_pump_fd, self.proc.stdout, self.out),
-            _thread(_pump_fd, self.proc.stderr, self.err),
+            daemon_thread(pump_fd, self.proc.stdout, self.out),
+            daemon_thread(pump_fd, self.proc.stderr, self.err),
         ]
         self._discarded = False
 
@@ -146,7 +146,7 @@ class _ProcessWorker(_Worker):
             except (BrokenPipeError, OSError, ValueError):
                 pass
 
-        _thread(write)
+        daemon_thread(write)
         try:
             self.proc.wait(timeout=limits.wall_s)
         except subprocess.TimeoutExpired:
@@ -322,7 +322,7 @@ class ProcessBackend(Backend):
         ]
         return argv, env, "/"
 
-    def _spawn(self, limits: Limits, windows: str | None = None) -> _Worker:
+    def _spawn(self, limits: Limits, windows: str | None = None) -> Worker:
         marker = uuid.uuid4().hex
         argv, env, cwd = self._argv(marker, windows)
         # bwrap's --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that
