@@ -24,15 +24,14 @@ integrity) is a *result*, returned, never retried.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flows.evolution.cascade import Cascade, Outcome
-from flows.evolution.config import Suite
+from flows.evolution.cascade import Cascade
 from sandbox.evaluator import Evaluator
 from sandbox.protocol import EvalRequest, EvalResponse
 
@@ -164,37 +163,20 @@ def run_on(runner: Any, fn: Callable[[], Any], *, flow_name: str | None = None,
 
 
 class TaskCascade(Cascade):
-    def evaluate_many(
-        self, sources: Sequence[str], suite: Suite, names: Sequence[str] | None = None
-    ) -> list[Outcome]:
-        # The same requests as the in-process cascade (split, objective and limits included).
-        reqs = self._requests(sources, suite, names)
-        out: list[Outcome | None] = [None] * len(reqs)
-        todo: list[tuple[int, EvalRequest]] = []
-        for i, req in enumerate(reqs):
-            rec = self.journal.get(f"eval/{req.key}")
-            if rec is not None:
-                out[i] = self._outcome(EvalResponse.from_dict(rec["response"]), cached=True)
-            else:
-                todo.append((i, req))
-        if todo:
-            futures = evaluate_candidate.map(
-                [r.to_dict() for _, r in todo],
-                backend=unmapped(self.cfg.backend),
-                parallel=unmapped(self.cfg.parallel),
-                # Task runs named after the candidate (``g001-s000``, its tuning trials
-                # ``g001-s000-trial2``), not the source hash: what the Prefect UI lists.
-                name=[r.name for _, r in todo],
-            )
-            for (i, req), fut in zip(todo, futures, strict=True):
-                try:
-                    resp = EvalResponse.from_dict(fut.result())
-                except InfrastructureError as e:  # retries spent: count it, don't journal it
-                    resp = EvalResponse.reject(req, "internal", str(e))
-                self.sandbox_evaluations += 1
-                self.sandbox_seconds += resp.wall_s
-                if resp.stage != "internal":
-                    rec = {"kind": "eval", "response": resp.to_dict()}
-                    self.journal.put(f"eval/{req.key}", rec)
-                out[i] = self._outcome(resp)
-        return [o for o in out if o is not None]
+    """The engine's ``Cascade``, its fresh evaluations run as Prefect tasks (``.map``)."""
+
+    def _evaluate(self, reqs: list[EvalRequest]) -> Iterator[EvalResponse]:
+        futures = evaluate_candidate.map(
+            [r.to_dict() for r in reqs],
+            backend=unmapped(self.cfg.backend),
+            parallel=unmapped(self.cfg.parallel),
+            # Task runs named after the candidate (``g001-s000``, its tuning trials
+            # ``g001-s000-trial2``), not the source hash: what the Prefect UI lists.
+            name=[r.name for r in reqs],
+        )
+        for req, fut in zip(reqs, futures, strict=True):
+            try:
+                resp = EvalResponse.from_dict(fut.result())
+            except InfrastructureError as e:  # retries spent: counted, not journaled
+                resp = EvalResponse.reject(req, "internal", str(e))
+            yield resp

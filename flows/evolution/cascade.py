@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,25 +107,36 @@ class Cascade:
     def evaluate_many(
         self, sources: Sequence[str], suite: Suite, names: Sequence[str] | None = None
     ) -> list[Outcome]:
+        """One outcome per source, in order: from the journal where it holds one, else
+        from a fresh sandbox evaluation (``_evaluate``), journaled unless it failed for
+        the sandbox's own reasons."""
         reqs = self._requests(sources, suite, names)
         out: list[Outcome | None] = [None] * len(reqs)
-        pending = []
+        todo: list[tuple[int, EvalRequest]] = []
         for i, req in enumerate(reqs):
             rec = self.journal.get(f"eval/{req.key}")
             if rec is not None:
                 out[i] = self._outcome(EvalResponse.from_dict(rec["response"]), cached=True)
             else:
-                pending.append((i, req, self.evaluator.submit(req)))
-        for i, req, fut in pending:
-            resp = fut.result()
-            if resp.stage == "internal":  # the sandbox's fault, not the candidate's: once more
-                resp = self.evaluator.submit(req.renewed()).result()
+                todo.append((i, req))
+        fresh = self._evaluate([req for _, req in todo]) if todo else iter(())
+        for (i, req), resp in zip(todo, fresh, strict=True):
             self.sandbox_evaluations += 1
             self.sandbox_seconds += resp.wall_s
             if resp.stage != "internal":
                 self.journal.put(f"eval/{req.key}", {"kind": "eval", "response": resp.to_dict()})
             out[i] = self._outcome(resp)
         return [o for o in out if o is not None]
+
+    def _evaluate(self, reqs: list[EvalRequest]) -> Iterator[EvalResponse]:
+        """Fresh sandbox responses to ``reqs``, in order, as each is ready (all submitted
+        first, so they run in parallel). ``fanout.TaskCascade`` runs them as Prefect tasks."""
+        futures = [self.evaluator.submit(req) for req in reqs]
+        for req, fut in zip(reqs, futures, strict=True):
+            resp = fut.result()
+            if resp.stage == "internal":  # the sandbox's fault, not the candidate's: once more
+                resp = self.evaluator.submit(req.renewed()).result()
+            yield resp
 
     def _outcome(self, resp: EvalResponse, cached: bool = False) -> Outcome:
         if not resp.ok:
