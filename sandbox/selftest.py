@@ -193,7 +193,9 @@ def good_source() -> str:
 
 
 @dataclass
-class Outcome:
+class CaseOutcome:
+    """How one hostile case ended, and what was wrong with that (nothing: contained)."""
+
     case: str
     static_checks: bool
     expected: tuple[str, str]
@@ -224,7 +226,7 @@ def run_case(
     static_checks: bool = True,
     limits: Limits = HOSTILE_LIMITS,
     check_next: bool = True,
-) -> Outcome:
+) -> CaseOutcome:
     """Evaluate one hostile case and check everything it must (not) have done."""
     expected = case.static if static_checks else case.boundary
     if expected is None:
@@ -273,7 +275,7 @@ def run_case(
         nxt = backend.evaluate(EvalRequest.build(good_source(), [SCENARIO], limits=limits))
         if not nxt.ok:
             problems.append(f"the next evaluation failed: {nxt.rejection}")
-    return Outcome(case.name, static_checks, expected, resp, problems)
+    return CaseOutcome(case.name, static_checks, expected, resp, problems)
 
 
 def all_runs() -> list[tuple[Case, bool]]:

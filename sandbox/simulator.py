@@ -56,7 +56,7 @@ class PolicyFault(Exception):
 
 
 @dataclass(eq=False)
-class _Replica:
+class _SimReplica:
     """The simulator's side of a replica: its engine and lifecycle (the router's is a Slot)."""
 
     id: int
@@ -115,7 +115,7 @@ class Simulation:
         self._seq = 0
         self.now = 0.0
         self.pool: dict[str, int] = dict(self.cluster.gpus)
-        self.replicas: dict[int, _Replica] = {}
+        self.replicas: dict[int, _SimReplica] = {}
         self._next_id = 0
         self.core = RoutingCore(self.cluster.model, self.cluster.engine)
         self.core.admission_limit = self.cluster.plan.admission_limit
@@ -203,9 +203,9 @@ class Simulation:
         )
 
     # -- replicas and GPUs -------------------------------------------------------------
-    def _new_replica(self, spec: ReplicaSpec, weight: float) -> _Replica:
+    def _new_replica(self, spec: ReplicaSpec, weight: float) -> _SimReplica:
         kv = self._specs[spec].kv_blocks
-        r = _Replica(self._next_id, spec, "pending", kv)
+        r = _SimReplica(self._next_id, spec, "pending", kv)
         self._next_id += 1
         self.replicas[r.id] = r
         # The router remembers about as many prefix chunks as the replica can cache.
@@ -214,7 +214,7 @@ class Simulation:
         )
         return r
 
-    def _set_state(self, r: _Replica, state: str) -> None:
+    def _set_state(self, r: _SimReplica, state: str) -> None:
         """The replica's lifecycle, and what the router sees of it (pending looks starting)."""
         r.state = state
         self.core.slot(r.id).state = "starting" if state == "pending" else state  # type: ignore[assignment]
@@ -228,7 +228,7 @@ class Simulation:
         self.gpu_seconds += held * (self.now - self._gpu_clock)
         self._gpu_clock = self.now
 
-    def _bring_up(self, r: _Replica, warm: bool = False) -> None:
+    def _bring_up(self, r: _SimReplica, warm: bool = False) -> None:
         self._account_gpus()
         self._set_state(r, "starting")
         cold = self._specs[r.spec].cold_start_s
@@ -257,7 +257,7 @@ class Simulation:
         self.core.observe(rid, 0, 0, 0, self.now)
         self._drain_queue()
 
-    def _retire(self, r: _Replica) -> None:
+    def _retire(self, r: _SimReplica) -> None:
         """Take a replica out; whatever it was serving goes back to the router queue."""
         self._account_gpus()
         lost = [seq.rid for seq in r.engine.abort()] if r.engine is not None else []
@@ -277,7 +277,7 @@ class Simulation:
             self.retries[rid] += 1
             self.core.enqueue(request, front=True)
 
-    def _active(self) -> list[_Replica]:
+    def _active(self) -> list[_SimReplica]:
         return [r for r in self.replicas.values() if r.state != "draining"]
 
     # -- cluster events --------------------------------------------------------------
@@ -387,7 +387,7 @@ class Simulation:
         r.engine.enqueue(seq, self.now)
         self._watch(r)
 
-    def _watch(self, r: _Replica) -> None:
+    def _watch(self, r: _SimReplica) -> None:
         engine = r.engine
         if engine.step_end != INF and engine.epoch != r.pushed_epoch:
             r.pushed_epoch = engine.epoch
