@@ -47,7 +47,7 @@ import numpy as np
 from sandbox.scenario import SLO, ClusterEvent, ClusterSpec, Scenario
 from sandbox.splits import Split, check_split, pool_rows
 from sandbox.stretches import at_utilization, fleet_capacity, ramp, thin, trace, trace_segment
-from sandbox.transforms import concat, resample_lengths, window
+from sandbox.transforms import concat, resample_lengths, time_slice
 from sandbox.windows import build_window_scenario, is_window_name
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec
@@ -294,7 +294,7 @@ def _slow_ramp(seed: int, size: Size) -> Built:
     # The flat stretch runs at the ramp's mean load and lasts as long as the ramp.
     load = mid * RAMP_LOAD.of(size.split)
     flat = _conv_like(seed, "slow-ramp", size, load, MODEL_8B, _h100s(size.base_units))
-    w = window(ramp(flat, RAMP_LO / mid, RAMP_HI / mid), 0.0, d)
+    w = time_slice(ramp(flat, RAMP_LO / mid, RAMP_HI / mid), 0.0, d)
     cluster = _homogeneous(MODEL_8B, "H100", 1, size.units, spare=size.units)
     return w, cluster, (), SLO()
 

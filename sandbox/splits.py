@@ -30,7 +30,7 @@ from typing import Literal, cast
 
 import numpy as np
 
-from sandbox.transforms import window
+from sandbox.transforms import time_slice
 from sandbox.workload import Workload, WorkloadError
 
 Split = Literal["train", "test"]
@@ -77,8 +77,8 @@ def split_by_time(w: Workload, test_fraction: float = TEST_FRACTION) -> tuple[Wo
         raise WorkloadError(f"{w.name}: {len(w)} requests cannot be split into train and test")
     t0, span = float(w.arrival_s[0]), w.duration_s
     cut = t0 + lo * span
-    train = window(w, t0, cut)
-    test = window(w, cut, t0 + hi * span + 1e-9)
+    train = time_slice(w, t0, cut)
+    test = time_slice(w, cut, t0 + hi * span + 1e-9)
     if len(train) < 2 or len(test) < 2:
         raise WorkloadError(f"{w.name}: splitting at {lo:.0%} of its span leaves a side empty")
     return train, test

@@ -23,20 +23,20 @@ def _meta(w: Workload, step: str) -> dict:
     return meta
 
 
-def window(w: Workload, start_s: float, end_s: float) -> Workload:
+def time_slice(w: Workload, start_s: float, end_s: float) -> Workload:
     """Requests arriving in ``[start_s, end_s)``, with times shifted so ``start_s`` is 0.
 
     The shift is by ``start_s``, not by the first request's arrival: the idle
-    lead-in before the first request belongs to the window.
+    lead-in before the first request belongs to the slice.
     """
     if not end_s > start_s:
-        raise WorkloadError(f"{w.name}: empty window [{start_s}, {end_s})")
+        raise WorkloadError(f"{w.name}: empty time slice [{start_s}, {end_s})")
     lo, hi = np.searchsorted(w.arrival_s, [start_s, end_s], side="left")
     out = w.take(slice(int(lo), int(hi)))
     return replace(
         out,
         arrival_s=out.arrival_s - start_s,
-        meta=_meta(w, f"window({start_s:g},{end_s:g})"),
+        meta=_meta(w, f"time_slice({start_s:g},{end_s:g})"),
     )
 
 
@@ -256,6 +256,6 @@ def to_window(w: Workload, start_s: float, end_s: float) -> WorkloadWindow:
 
     The rate is over the whole window length, idle time included.
     """
-    part = window(w, start_s, end_s)
+    part = time_slice(w, start_s, end_s)
     stats = summarize(part, duration_s=end_s - start_s)
     return WorkloadWindow(**{k: stats[k] for k in _WINDOW_FIELDS})

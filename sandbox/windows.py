@@ -232,7 +232,7 @@ def build_window_scenario(
     directory: str | os.PathLike[str] | None = None,
 ) -> Scenario:
     """The scenario a ``window:`` name stands for (see the module docstring)."""
-    from sandbox.transforms import head, inject_burst, repeat_to, scale_rate, window
+    from sandbox.transforms import head, inject_burst, repeat_to, scale_rate, time_slice
 
     prefix, variant = parse_name(name)
     if not (isinstance(scale, int | float) and 0 < scale <= 1):
@@ -245,7 +245,7 @@ def build_window_scenario(
     if len(w) < MIN_REQUESTS:
         w = repeat_to(w, MIN_REQUESTS)
     elif scale < 1.0 and len(w) > MIN_REQUESTS:
-        cut = window(w, 0.0, max(w.duration_s * scale, 1e-9))
+        cut = time_slice(w, 0.0, max(w.duration_s * scale, 1e-9))
         w = cut if len(cut) >= MIN_REQUESTS else head(w, MIN_REQUESTS)
     span = max(w.duration_s, 1e-9)
     events: tuple[ClusterEvent, ...] = ()

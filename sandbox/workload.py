@@ -84,5 +84,5 @@ class Workload:
         )
 
     def slice(self, start: int, stop: int | None = None) -> Workload:
-        """Requests ``start:stop`` by position (not by time; see transforms.window)."""
+        """Requests ``start:stop`` by position (not by time; see transforms.time_slice)."""
         return self.take(slice(start, stop))

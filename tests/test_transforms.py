@@ -18,8 +18,8 @@ from sandbox.transforms import (
     resample_lengths,
     scale_rate,
     summarize,
+    time_slice,
     to_window,
-    window,
 )
 from sandbox.workload import Workload, WorkloadError
 from serving.contract import WorkloadWindow
@@ -62,15 +62,15 @@ def test_scale_rate_doubles_rate_and_keeps_order(code: Workload) -> None:
         scale_rate(code, 0)
 
 
-def test_window_is_rezeroed_and_half_open(code: Workload) -> None:
-    w = window(code, 30.0, 40.0)
+def test_time_slice_is_rezeroed_and_half_open(code: Workload) -> None:
+    w = time_slice(code, 30.0, 40.0)
     inside = (code.arrival_s >= 30.0) & (code.arrival_s < 40.0)
     assert len(w) == int(inside.sum()) > 0
     np.testing.assert_allclose(w.arrival_s, code.arrival_s[inside] - 30.0)
     assert w.arrival_s.min() >= 0 and w.arrival_s.max() < 10.0
-    assert len(window(code, 1e6, 1e6 + 1)) == 0
-    with pytest.raises(WorkloadError, match="empty window"):
-        window(code, 5, 5)
+    assert len(time_slice(code, 1e6, 1e6 + 1)) == 0
+    with pytest.raises(WorkloadError, match="empty time slice"):
+        time_slice(code, 5, 5)
 
 
 def test_head(code: Workload) -> None:

@@ -59,7 +59,7 @@ from sandbox.replay.engines import (
 from sandbox.replay.shots import workload_shots
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
 from sandbox.scenario import Scenario
-from sandbox.transforms import head, window
+from sandbox.transforms import head, time_slice
 from sandbox.workload import WorkloadError
 from serving.fleet import Fleet
 from serving.loadgen import Result
@@ -169,7 +169,7 @@ def scenario_slice(scenario: Scenario, requests: int | None, seconds: float | No
     """The slice replayed, and how many of the scenario's events fell inside it."""
     w = scenario.workload
     if seconds is not None:
-        w = window(w, 0.0, seconds)
+        w = time_slice(w, 0.0, seconds)
     if requests is not None:
         w = head(w, requests)
     if len(w) == 0:
