@@ -41,7 +41,7 @@ from serving.prompt import synth_prompt
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchConfig:
     rates: Sequence[float] = (50, 100, 200, 500, 1000)
     duration_s: float = 5.0

@@ -50,7 +50,7 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
                60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineServerConfig:
     model: str = "llama-3-8b"
     """Engine model's model name (hardware catalogue key)."""
@@ -75,10 +75,24 @@ class EngineServerConfig:
     ``fake_itl_s`` wall seconds."""
     fake_ttft_s: float = 0.0
     fault: FaultMode = "healthy"
+    """The fault injected from the start (``FaultInjection.mode``)."""
     die_after_tokens: int = 2
     """With fault ``die``: each stream is cut after this many tokens."""
     seed: int = 0
     engine_config: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class FaultInjection:
+    """The failure a server is told to act out (``/sim/fault``, tests, drills).
+
+    The one part of an engine server that changes while it runs, so it is its own
+    object, owned by the server; the configuration it starts from stays frozen.
+    """
+
+    mode: FaultMode = "healthy"
+    die_after_tokens: int = 2
+    """With mode ``die``: each stream is cut after this many tokens."""
 
 
 class _Stream:
@@ -114,7 +128,7 @@ class EngineServer:
             cold_start_s(cfg.model, cfg.gpu, cfg.tp) * cfg.time_scale
             if cfg.cold_start_s is None else cfg.cold_start_s
         )
-        self.fault: FaultMode = cfg.fault
+        self.faults = FaultInjection(cfg.fault, cfg.die_after_tokens)
         self._rng = random.Random(cfg.seed)
         self._ids = itertools.count()
         self._streams: dict[int, _Stream] = {}
@@ -219,13 +233,13 @@ class EngineServer:
         return max(1, int(self._rng.expovariate(1 / 128)))
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        if self.fault == "crash":
+        if self.faults.mode == "crash":
             # A dead engine accepts no connection; dropping it is the closest an
             # in-process server gets to "connection refused".
             if request.transport is not None:
                 request.transport.abort()
             raise web.HTTPServiceUnavailable()
-        if self.fault == "refuse" or not self.ready:
+        if self.faults.mode == "refuse" or not self.ready:
             return _error(503, "engine unavailable", "ServiceUnavailableError")
         try:
             body = await request.json()
@@ -330,7 +344,7 @@ class EngineServer:
         loop = asyncio.get_running_loop()
         first: float | None = None
         last = start
-        fault_die = self.fault == "die"
+        fault_die = self.faults.mode == "die"
         try:
             async for n in feed:
                 parts = []
@@ -345,7 +359,7 @@ class EngineServer:
                 last = loop.time()
                 if first is None:
                     first = last
-                if fault_die and sent >= self.config.die_after_tokens and sent < out:
+                if fault_die and sent >= self.faults.die_after_tokens and sent < out:
                     raise ConnectionResetError("injected mid-stream failure")
         except ConnectionResetError:
             # Cut the connection without a terminating chunk, as a crashed engine does.
@@ -394,7 +408,7 @@ class EngineServer:
              "owned_by": "vllm", "root": self.name, "max_model_len": None}]})
 
     async def _health(self, _: web.Request) -> web.Response:
-        if self.fault == "crash" or not self.ready:
+        if self.faults.mode == "crash" or not self.ready:
             return web.Response(status=503)
         return web.Response(status=200)
 
@@ -404,8 +418,8 @@ class EngineServer:
         if mode not in ("healthy", "refuse", "die", "crash"):
             return _error(400, "mode must be healthy, refuse, die or crash", "BadRequestError")
         if "die_after_tokens" in body:
-            self.config.die_after_tokens = int(body["die_after_tokens"])
-        self.fault = mode
+            self.faults.die_after_tokens = int(body["die_after_tokens"])
+        self.faults.mode = mode
         if mode == "crash":
             self._crash()
         return web.json_response({"mode": mode})

@@ -137,8 +137,8 @@ def test_engine_dying_mid_stream_gives_clean_error_and_failed_row(tmp_path: Path
     async def main():
         async with cluster(telemetry_dir=tmp_path) as (running, servers, urls), \
                 aiohttp.ClientSession() as s:
-            servers[0].fault = "die"
-            servers[0].config.die_after_tokens = 2
+            servers[0].faults.mode = "die"
+            servers[0].faults.die_after_tokens = 2
             # Pin routing: least-outstanding picks replica 0 first when both are idle.
             async with s.post(f"{running.url}/v1/completions", json=COMPLETION) as r:
                 assert r.status == 200
@@ -164,7 +164,7 @@ def test_all_engines_down_gives_503_json(tmp_path: Path):
         async with cluster(telemetry_dir=tmp_path) as (running, servers, _), \
                 aiohttp.ClientSession() as s:
             for srv in servers:
-                srv.fault = "crash"
+                srv.faults.mode = "crash"
             async with s.post(f"{running.url}/v1/completions", json=COMPLETION) as r:
                 assert r.status == 503
                 body = await r.json()
