@@ -33,7 +33,8 @@ import numpy as np
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
 from sandbox.scenario import ClusterEvent, Scenario
 from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
-from serving.engine import INF, Sequence, make_engine
+from serving.engine import INF, Sequence
+from serving.engine_fast import make_engine
 from serving.planning import capacities, deployable_specs
 from serving.policy_loader import LoadedPolicy
 from serving.routing import InvalidChoice, RoutingCore, review_plan

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from serving.engine import EngineConfig, FastEngine, ReferenceEngine, Sequence, make_engine
+from serving.engine import EngineConfig, ReferenceEngine, Sequence
+from serving.engine_fast import FastEngine, make_engine
 from serving.steptime import step_time_model
 
 STEP = step_time_model("llama-3-8b", "H100", 1)
