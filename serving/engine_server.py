@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,23 +31,15 @@ from aiohttp import web
 
 from serving import prom
 from serving.engine import EngineConfig, ReferenceEngine, Sequence
+from serving.engine_metrics import VllmMetrics
 from serving.hardware import cold_start_s, kv_block_capacity
+from serving.openai_wire import chat_chunk, chunk, error_response, sse, token_text, token_usage
 from serving.process_tuning import install_uvloop
 from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
 from serving.steptime import step_time_model
 
 MetricNames = Literal["new", "old"]
 FaultMode = Literal["healthy", "refuse", "die", "crash"]
-
-# vLLM V1's histogram buckets (vllm/v1/metrics/loggers.py), so dashboards and
-# the scraper see the same resolution as on a real engine.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
-               2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
-               60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
-
 
 @dataclass(frozen=True)
 class EngineServerConfig:
@@ -137,15 +128,7 @@ class EngineServer:
         self._driver: asyncio.Task | None = None
         self._t0 = 0.0
         self._started_wall = 0.0
-        # Counters and histograms exposed on /metrics.
-        self.prompt_tokens_total = 0
-        self.generation_tokens_total = 0
-        self.prefix_queries = 0
-        self.prefix_hits = 0
-        self.success = {"length": 0, "stop": 0, "abort": 0}
-        self.ttft = prom.Histogram(TTFT_BUCKETS)
-        self.itl = prom.Histogram(ITL_BUCKETS)
-        self.e2e = prom.Histogram(E2E_BUCKETS)
+        self.metrics = VllmMetrics()
 
     # -- lifecycle ------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -240,15 +223,15 @@ class EngineServer:
                 request.transport.abort()
             raise web.HTTPServiceUnavailable()
         if self.faults.mode == "refuse" or not self.ready:
-            return _error(503, "engine unavailable", "ServiceUnavailableError")
+            return error_response(503, "engine unavailable", "ServiceUnavailableError")
         try:
             body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
-            return _error(400, "request body must be a JSON object", "BadRequestError")
+            return error_response(400, "request body must be a JSON object", "BadRequestError")
         if body.get("model", self.name) != self.name:
-            return _error(404, f"The model `{body.get('model')}` does not exist.",
+            return error_response(404, f"The model `{body.get('model')}` does not exist.",
                           "NotFoundError")
         data = prompt_bytes(body)
         prompt = count_tokens(data)
@@ -257,11 +240,11 @@ class EngineServer:
         seq = Sequence(rid=rid, prompt=prompt, output=output, arrival=0.0,
                        hashes=prefix_hashes(data))
         if self.engine is not None and not self.engine.fits(seq):
-            return _error(400, f"This model's maximum context is exceeded: {prompt} prompt "
+            return error_response(400, f"This model's maximum context is exceeded: {prompt} prompt "
                           f"tokens + {output} output tokens", "BadRequestError")
         stream = bool(body.get("stream"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        self.prompt_tokens_total += prompt
+        self.metrics.prompt_tokens_total += prompt
         st = _Stream(seq)
         self._streams[rid] = st
         start = asyncio.get_running_loop().time()
@@ -269,9 +252,9 @@ class EngineServer:
             if self.engine is None:
                 feed = self._fake_tokens(st)
             else:
-                self.prefix_queries += prompt
+                self.metrics.prefix_queries += prompt
                 hit = self.engine.cache.match(seq.hashes, (prompt - 1) // BLOCK_TOKENS)
-                self.prefix_hits += hit * BLOCK_TOKENS
+                self.metrics.prefix_hits += hit * BLOCK_TOKENS
                 seq.arrival = self._now()
                 self.engine.enqueue(seq, seq.arrival)
                 assert self._wake is not None
@@ -290,7 +273,7 @@ class EngineServer:
         """The client went away: free the sequence as vLLM aborts a request."""
         assert self.engine is not None
         self.engine.cancel(seq)
-        self.success["abort"] += 1
+        self.metrics.success["abort"] += 1
 
     async def _model_tokens(self, st: _Stream):
         """Yield the number of new tokens each time the engine emits some."""
@@ -324,15 +307,6 @@ class EngineServer:
         finally:
             self._fake_running -= 1
 
-    def _record(self, st: _Stream, start: float, first: float, last: float) -> None:
-        n = st.seq.output
-        self.generation_tokens_total += n
-        self.success["length"] += 1
-        self.ttft.observe(first - start)
-        if n > 1:
-            self.itl.observe((last - first) / (n - 1))
-        self.e2e.observe(last - start)
-
     async def _stream(self, request: web.Request, feed, st: _Stream, rid: str, chat: bool,
                       include_usage: bool, start: float) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -352,9 +326,9 @@ class EngineServer:
                     sent += 1
                     finish = "length" if sent == out else None
                     if chat and sent == 1:
-                        parts.append(_sse(_chat_chunk(rid, created, self.name,
+                        parts.append(sse(chat_chunk(rid, created, self.name,
                                                       {"role": "assistant", "content": ""})))
-                    parts.append(_sse(_chunk(rid, created, self.name, chat, sent, finish)))
+                    parts.append(sse(chunk(rid, created, self.name, chat, sent, finish)))
                 await resp.write(b"".join(parts))
                 last = loop.time()
                 if first is None:
@@ -370,11 +344,11 @@ class EngineServer:
         if include_usage:
             usage = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                      "created": created, "model": self.name, "choices": [],
-                     "usage": _usage(st.seq.prompt, out)}
-            await resp.write(_sse(usage))
+                     "usage": token_usage(st.seq.prompt, out)}
+            await resp.write(sse(usage))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-        self._record(st, start, first or start, last)
+        self.metrics.record(st.seq.output, start, first or start, last)
         return resp
 
     async def _whole(self, feed, st: _Stream, rid: str, chat: bool,
@@ -386,8 +360,8 @@ class EngineServer:
                 last = loop.time()
                 first = first or last
         except ConnectionResetError:
-            return _error(500, "engine failed", "InternalServerError")
-        text = "".join(_token(i) for i in range(1, st.seq.output + 1))
+            return error_response(500, "engine failed", "InternalServerError")
+        text = "".join(token_text(i) for i in range(1, st.seq.output + 1))
         created = int(time.time())
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
@@ -396,10 +370,10 @@ class EngineServer:
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
             obj = "text_completion"
-        self._record(st, start, first or start, last or start)
+        self.metrics.record(st.seq.output, start, first or start, last or start)
         return web.json_response({"id": rid, "object": obj, "created": created,
                                   "model": self.name, "choices": [choice],
-                                  "usage": _usage(st.seq.prompt, st.seq.output)})
+                                  "usage": token_usage(st.seq.prompt, st.seq.output)})
 
     # -- other endpoints ------------------------------------------------------------
     async def _models(self, _: web.Request) -> web.Response:
@@ -416,7 +390,9 @@ class EngineServer:
         body = await request.json()
         mode = body.get("mode")
         if mode not in ("healthy", "refuse", "die", "crash"):
-            return _error(400, "mode must be healthy, refuse, die or crash", "BadRequestError")
+            return error_response(
+                400, "mode must be healthy, refuse, die or crash", "BadRequestError"
+            )
         if "die_after_tokens" in body:
             self.faults.die_after_tokens = int(body["die_after_tokens"])
         self.faults.mode = mode
@@ -435,100 +411,18 @@ class EngineServer:
                             headers={"Content-Type": prom.CONTENT_TYPE})
 
     def render_metrics(self) -> str:
-        """vLLM V1's metric names and label set (model_name, engine)."""
-        old = self.config.metric_names == "old"
-        lab = {"engine": "0", "model_name": self.name}
+        """The ``/metrics`` page (``VllmMetrics.render``)."""
         running, waiting, used = self.snapshot()
-        kv_name = "vllm:gpu_cache_usage_perc" if old else "vllm:kv_cache_usage_perc"
-        pq = "vllm:gpu_prefix_cache_queries" if old else "vllm:prefix_cache_queries"
-        ph = "vllm:gpu_prefix_cache_hits" if old else "vllm:prefix_cache_hits"
-        ecfg = self.config.engine_config
-        out = [
-            prom.header("vllm:num_requests_running", "gauge",
-                        "Number of requests in model execution batches."),
-            prom.sample("vllm:num_requests_running", running, lab),
-            prom.header("vllm:num_requests_waiting", "gauge",
-                        "Number of requests waiting to be processed."),
-            prom.sample("vllm:num_requests_waiting", waiting, lab),
-            prom.header(kv_name, "gauge", "KV-cache usage. 1 means 100 percent usage."),
-            prom.sample(kv_name, used / self.kv_blocks if self.kv_blocks else 0.0, lab),
-            prom.header(f"{pq}_total", "counter",
-                        "Prefix cache queries, in terms of number of queried tokens."),
-            prom.sample(f"{pq}_total", self.prefix_queries, lab),
-            prom.header(f"{ph}_total", "counter",
-                        "Prefix cache hits, in terms of number of cached tokens."),
-            prom.sample(f"{ph}_total", self.prefix_hits, lab),
-            prom.header("vllm:num_preemptions_total", "counter",
-                        "Cumulative number of preemption from the engine."),
-            prom.sample("vllm:num_preemptions_total",
-                        self.engine.preemptions if self.engine else 0, lab),
-            prom.header("vllm:prompt_tokens_total", "counter",
-                        "Number of prefill tokens processed."),
-            prom.sample("vllm:prompt_tokens_total", self.prompt_tokens_total, lab),
-            prom.header("vllm:generation_tokens_total", "counter",
-                        "Number of generation tokens processed."),
-            prom.sample("vllm:generation_tokens_total", self.generation_tokens_total, lab),
-            prom.header("vllm:request_success_total", "counter",
-                        "Count of successfully processed requests."),
-            *(prom.sample("vllm:request_success_total", v, {**lab, "finished_reason": k})
-              for k, v in self.success.items()),
-            prom.header("vllm:cache_config_info", "gauge",
-                        "Information of the LLMEngine CacheConfig"),
-            prom.sample("vllm:cache_config_info", 1.0, {
-                "block_size": str(ecfg.block_size),
-                "enable_prefix_caching": str(ecfg.enable_prefix_caching),
-                "gpu_memory_utilization": str(ecfg.gpu_memory_utilization),
-                "num_gpu_blocks": str(self.kv_blocks), "engine": "0"}),
-            prom.header("vllm:time_to_first_token_seconds", "histogram",
-                        "Histogram of time to first token in seconds."),
-            self.ttft.render("vllm:time_to_first_token_seconds", lab),
-            prom.header("vllm:e2e_request_latency_seconds", "histogram",
-                        "Histogram of e2e request latency in seconds."),
-            self.e2e.render("vllm:e2e_request_latency_seconds", lab),
-        ]
-        itl = "vllm:time_per_output_token_seconds" if old else "vllm:inter_token_latency_seconds"
-        out += [prom.header(itl, "histogram", "Histogram of inter-token latency in seconds."),
-                self.itl.render(itl, lab)]
-        return "".join(out)
-
-
-# -- OpenAI wire format -------------------------------------------------------------
-
-
-def _token(i: int) -> str:
-    # Deterministic token text, so byte-for-byte passthrough checks have something to compare.
-    return f" t{i}"
-
-
-def _usage(prompt: int, output: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": output,
-            "total_tokens": prompt + output}
-
-
-def _chat_chunk(rid: str, created: int, model: str, delta: dict,
-                finish: str | None = None) -> dict:
-    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish}]}
-
-
-def _chunk(rid: str, created: int, model: str, chat: bool, i: int, finish: str | None) -> dict:
-    if chat:
-        return _chat_chunk(rid, created, model, {"content": _token(i)}, finish)
-    return {"id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": _token(i), "logprobs": None,
-                         "finish_reason": finish}]}
-
-
-def _sse(obj: dict) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _error(status: int, message: str, kind: str) -> web.Response:
-    # vLLM's error body shape (ErrorResponse).
-    return web.json_response({"error": {"message": message, "type": kind, "param": None,
-                                        "code": status}}, status=status)
-
+        return self.metrics.render(
+            model_name=self.name,
+            old_names=self.config.metric_names == "old",
+            running=running,
+            waiting=waiting,
+            kv_used=used,
+            kv_blocks=self.kv_blocks,
+            preemptions=self.engine.preemptions if self.engine else 0,
+            engine_config=self.config.engine_config,
+        )
 
 # -- command line --------------------------------------------------------------------
 

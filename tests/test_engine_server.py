@@ -63,12 +63,12 @@ def test_streams_tokens_at_engine_step_times_and_counts_prefix_hits():
                     text = await r.text()
             # Second identical prompt hits the 15 cached full blocks (the last
             # token is always recomputed, as in vLLM).
-            assert srv.prefix_hits == 15 * 16
+            assert srv.metrics.prefix_hits == 15 * 16
             assert "vllm:prefix_cache_hits_total" in text
             assert "vllm:kv_cache_usage_perc" in text
-            assert srv.ttft.count == 3
+            assert srv.metrics.ttft.count == 3
             # Real engine-model timing: an 8B decode step on an H100 is milliseconds.
-            itl = srv.itl.total / srv.itl.count
+            itl = srv.metrics.itl.total / srv.metrics.itl.count
             assert 0.002 < itl < 0.05
         finally:
             await runner.cleanup()
