@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import sys
 import time
 import traceback
-import types
 from collections.abc import Callable
 from typing import Any
 
+from sandbox.integrity import snapshot, summary_problem, tampered
 from sandbox.objectives import run_objective
 from sandbox.protocol import (
     MAX_REQUEST_BYTES,
@@ -113,48 +112,6 @@ def build(
     raise KeyError(f"unknown scenario '{name}' (known: {', '.join(known)})")
 
 
-# --- tamper detection -------------------------------------------------------------
-
-_WATCHED_MODULES = ("builtins", "time", "random", "math", "json", "numpy")
-
-
-def _watched() -> list[types.ModuleType]:
-    mods = [sys.modules[m] for m in _WATCHED_MODULES if m in sys.modules]
-    mods += [
-        m
-        for name, m in list(sys.modules.items())
-        if isinstance(m, types.ModuleType) and name.split(".")[0] in ("serving", "sandbox")
-    ]
-    return mods
-
-
-def snapshot() -> dict[tuple[str, str], int]:
-    """Identity of every function and class (and class member) of the trusted modules.
-
-    Plain data globals are left out: a module may legitimately rebind a cache.
-    """
-    snap: dict[tuple[str, str], int] = {}
-    for mod in _watched():
-        mname = mod.__name__
-        for key, value in list(vars(mod).items()):
-            if callable(value) or isinstance(value, types.ModuleType):
-                snap[(mname, key)] = id(value)
-            if isinstance(value, type) and getattr(value, "__module__", None) == mname:
-                for ckey, cval in list(vars(value).items()):
-                    if callable(cval) or isinstance(cval, staticmethod | classmethod | property):
-                        snap[(mname, f"{key}.{ckey}")] = id(cval)
-    return snap
-
-
-def tampered(before: dict[tuple[str, str], int]) -> str | None:
-    after = snapshot()
-    for k, ident in before.items():
-        if after.get(k) != ident:
-            what = "replaced" if k in after else "deleted"
-            return f"policy tampered with trusted code: {k[0]}.{k[1]} was {what}"
-    return None
-
-
 # --- evaluation -------------------------------------------------------------------
 
 
@@ -177,24 +134,6 @@ def _classify(exc: BaseException, what: str, req: EvalRequest) -> tuple[str, str
     if isinstance(exc, KeyboardInterrupt | GeneratorExit):
         return "runtime", f"{what}: {type(exc).__name__}"
     return "runtime", f"{what}: {_one_line(text)}"
-
-
-def _finite_summary(summary: dict[str, Any], stats: dict[str, Any]) -> str | None:
-    for label, d in (("metric", summary), ("decision stat", stats)):
-        for k, v in d.items():
-            if isinstance(v, bool):
-                continue
-            if not isinstance(v, int | float):
-                return f"{label} '{k}' is not a number ({type(v).__name__})"
-            if not math.isfinite(v):
-                return f"{label} '{k}' is {v} (non-finite)"
-    slo = summary.get("slo_attainment")
-    if slo is not None and not 0.0 <= slo <= 1.0:
-        return f"metric 'slo_attainment' = {slo} is outside [0, 1]"
-    for k in ("completed", "failed", "gpu_seconds", "makespan_s", "ttft_p50_s", "ttft_p99_s"):
-        if k in summary and summary[k] < 0:
-            return f"metric '{k}' = {summary[k]} is negative"
-    return None
 
 
 class _Rejected(Exception):
@@ -222,28 +161,11 @@ def evaluate(req: EvalRequest) -> EvalResponse:
 
     import sandbox.simulator  # noqa: F401 -- trusted code, imported before the snapshot
     import serving.kit  # noqa: F401 -- the policy kit is trusted code: watched from the snapshot
-    from sandbox.windows import WINDOWS_ENV, WindowIntegrityError
 
-    # Inside a sandbox the backend mounted the windows folder and names it in the
-    # environment; run in-process (trusted), the request's host folder is used.
-    windows_dir = os.environ.get(WINDOWS_ENV) or req.windows_dir
-    # Build the scenarios before any candidate code runs: a bad name is the caller's error.
-    scenarios = {}
-    for name in dict.fromkeys(req.scenarios):
-        for seed in req.seeds:
-            try:
-                scenarios[(name, seed)] = build(name, seed, req.scale, windows_dir, req.split)
-            except WindowIntegrityError as e:
-                return reject("integrity", str(e), scenario=name, seed=seed)
-            except Exception as e:  # the catalogue's fault or the caller's, never the policy's
-                return reject(
-                    "internal",
-                    f"cannot build scenario: {_one_line(str(e))}",
-                    scenario=name,
-                    seed=seed,
-                    detail=_tb(e),
-                )
-
+    try:
+        scenarios = _build_scenarios(req)
+    except _Rejected as r:
+        return r.response
     before = snapshot()
     results: list[ScenarioResult] = []
     for (name, seed), scenario in scenarios.items():
@@ -266,6 +188,35 @@ def evaluate(req: EvalRequest) -> EvalResponse:
             )
         )
     return EvalResponse(key=req.key, results=tuple(results), nonce=req.nonce)
+
+
+def _build_scenarios(req: EvalRequest) -> dict[tuple[str, int], Any]:
+    """Every (scenario, seed) of ``req``, built before any candidate code runs: a bad
+    name is the caller's error (or the catalogue's), never the policy's; _Rejected."""
+    from sandbox.windows import WINDOWS_ENV, WindowIntegrityError
+
+    def reject(stage: str, reason: str, **kw: Any) -> _Rejected:
+        return _Rejected(EvalResponse.reject(req, stage, _one_line(reason), **kw))
+
+    # Inside a sandbox the backend mounted the windows folder and names it in the
+    # environment; run in-process (trusted), the request's host folder is used.
+    windows_dir = os.environ.get(WINDOWS_ENV) or req.windows_dir
+    scenarios = {}
+    for name in dict.fromkeys(req.scenarios):
+        for seed in req.seeds:
+            try:
+                scenarios[(name, seed)] = build(name, seed, req.scale, windows_dir, req.split)
+            except WindowIntegrityError as e:
+                raise reject("integrity", str(e), scenario=name, seed=seed) from None
+            except Exception as e:  # the catalogue's fault or the caller's, never the policy's
+                raise reject(
+                    "internal",
+                    f"cannot build scenario: {_one_line(str(e))}",
+                    scenario=name,
+                    seed=seed,
+                    detail=_tb(e),
+                ) from None
+    return scenarios
 
 
 def _capacity(req: EvalRequest, scenario: Any, name: str, seed: int, before) -> dict[str, float]:
@@ -333,7 +284,7 @@ def _run(
     if bad:
         raise reject("integrity", bad)
     stats = {k: v for k, v in stats.items() if isinstance(v, int | float)}
-    bad = _finite_summary(summary, stats)
+    bad = summary_problem(summary, stats)
     if bad:
         raise reject("integrity", bad)
     return summary, stats
