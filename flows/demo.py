@@ -242,6 +242,7 @@ def best_baseline(scenario: Any) -> tuple[str, dict[str, float]]:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     from flows import prefect_flows as pf
+    from flows.control_state import read_events
     from flows.registry import CHAMPION, PolicyRegistry
     from serving.policy_loader import builtin_source
 
@@ -320,7 +321,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
             await cluster.close()
 
     results, t0 = asyncio.run(main())
-    events = pf.read_events(state)
+    events = read_events(state)
     shift_at = t0 + cfg.conv_s
 
     def first(kind: str) -> float | None:

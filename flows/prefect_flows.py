@@ -6,12 +6,9 @@ triggers the next one runs its deployment (``run_deployment``) when
 ``chain="deployment"``, calls it in-process when ``chain="inline"`` (the demo
 and the tests), or stops when ``chain="none"``.
 
-State between runs lives in ``state_dir`` (default ``mlruns/control``):
-``watermark.json`` (the latest arrival already consumed), ``reference.json``
-(the window the champion was evolved on, as the drift test's sample) and
-``events.jsonl`` (one line per decision, for the demo's timings) and
-``windows/`` (the pulled windows as content-addressed window files, which the
-``window:`` scenarios name; ``sandbox.windows``).
+State between runs lives in ``state_dir`` (default ``mlruns/control``; see
+``flows.control_state``); each decision is an MLflow run of the control experiment
+(``flows.control_tracking``).
 
 Scenarios: the pull flow saves each window's requests with the live fleet
 (``cluster``, a ``parse_cluster`` spec; default one H100 per replica seen) and
@@ -34,6 +31,17 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import links
+from flows.control_state import (
+    ensure_dir,
+    load_state,
+    read_reference,
+    record_event,
+    save_state,
+    scenarios_to_replay,
+    set_reference,
+    windows_dir_of,
+)
+from flows.control_tracking import log_control_run, window_plot
 from flows.drift import DriftConfig, WindowSample, detect
 from flows.live import AdminClient, WatchConfig, watch
 from flows.promotion import PromotionConfig, compare
@@ -41,7 +49,6 @@ from flows.registry import CHALLENGER, CHAMPION, PolicyRegistry
 from flows.window import (
     build_window,
     default_fleet,
-    resolve_scenarios,
     sample_from,
     scenarios_for,
     window_scenarios,
@@ -57,109 +64,10 @@ newest one may still be in flight: only arrivals this much older than the newest
 are consumed, and the watermark never passes an unfinished stretch."""
 
 
-# --------------------------------------------------------------------------- state
-def _read(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.exists() else default
-
-
-def _write(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    tmp.replace(path)
-
-
-def record_event(state_dir: str | Path, kind: str, **data: Any) -> None:
-    path = Path(state_dir) / "events.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps({"event": kind, "t": time.time(), **data}, default=str) + "\n")
-
-
-def read_events(state_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(state_dir) / "events.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def set_reference(state_dir: str | Path, sample: WindowSample, scenarios: list[str],
-                  fallback: list[str] | None = None) -> None:
-    _write(Path(state_dir) / "reference.json",
-           {"sample": sample.to_dict(), "scenarios": scenarios, "fallback": fallback or []})
-
-
-def windows_dir_of(state_dir: str | Path, windows_dir: str | None = None) -> str:
-    """Where window files live: ``windows_dir``, or ``<state_dir>/windows`` (absolute)."""
-    return str(Path(windows_dir or Path(state_dir) / "windows").resolve())
-
-
-DEFAULT_FALLBACK = ["bursty-code", "steady-conv"]
-
-
-def _scenarios(state_dir: str, scenarios: list[str] | None, windows_dir: str,
-               fallback: list[str] | None) -> list[str]:
-    """The scenarios to replay: given, else the reference's; window files checked."""
-    ref = _read(Path(state_dir) / "reference.json", None) or {}
-    if not scenarios:
-        scenarios = ref.get("scenarios") or list(DEFAULT_FALLBACK)
-    fallback = fallback or ref.get("fallback") or list(DEFAULT_FALLBACK)
-    return list(resolve_scenarios(scenarios, windows_dir, fallback))
-
-
-def _log_run(tracking_uri: str | None, name: str, kind: str, metrics: dict[str, float],
-             params: dict[str, str], texts: dict[str, str], figure: Any = None,
-             description: str = "") -> str:
-    """One MLflow run of the control experiment, linked both ways to this flow run."""
-    import math
-
-    from mlflow.entities import Metric, Param
-
-    reg = PolicyRegistry(tracking_uri)
-    c = reg.client
-    exp = reg.experiment_id()
-    run = c.create_run(exp, run_name=name, tags={
-        "kind": kind, **links.run_tags(links.default_source(), description)})
-    rid = run.info.run_id
-    now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in metrics.items()
-          if v is not None and math.isfinite(float(v))]
-    ps = [Param(k, str(v)[:500]) for k, v in params.items()]
-    c.log_batch(rid, metrics=ms, params=ps)
-    for path, text in texts.items():
-        c.log_text(rid, text, path)
-    if figure is not None:
-        c.log_figure(rid, figure, "window.png")
-    c.set_terminated(rid, "FINISHED")
-    links.link_flow_run(reg.uri, exp, rid, f"{kind} run")
-    return rid
-
-
 def _run_name(kind: str) -> Callable[[], str]:
     """Flow run names that say what and when (``evolve-20250101-030000``), not Prefect's
     random adjective-animal; the evolution's MLflow run takes the same name."""
     return lambda: f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _window_plot(ref: WindowSample | None, cur: WindowSample) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, what in zip(axes, ("prompt_tokens", "output_tokens"), strict=True):
-        bins = np.linspace(0, 12, 40)
-        if ref is not None:
-            ax.hist(np.log1p(getattr(ref, what)), bins=bins, alpha=0.5, density=True,
-                    label="reference")
-        ax.hist(np.log1p(getattr(cur, what)), bins=bins, alpha=0.5, density=True, label="window")
-        ax.set_xlabel(f"log1p({what})")
-        ax.legend()
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 def _chain(chain: str, deployment: str, fn: Any, params: dict[str, Any]) -> Any:
@@ -174,6 +82,55 @@ def _chain(chain: str, deployment: str, fn: Any, params: dict[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- pull
+def _new_rows(
+    telemetry_dir: str, state: Path, settle_s: float, min_requests: int, log: Any
+) -> tuple[Any, dict[str, Any] | None]:
+    """The telemetry rows past the watermark that have settled, or why there are none to
+    judge (the flow's result then)."""
+    if not Path(telemetry_dir).exists():
+        log.info("no telemetry yet at %s (the router writes it once it serves): nothing "
+                 "to pull", telemetry_dir)
+        return None, {"requests": 0, "trigger": False, "reason": "no telemetry yet"}
+    mark = load_state(state / "watermark.json", {"arrival_unix_s": None})
+    since = mark["arrival_unix_s"]
+    frame = read_telemetry(telemetry_dir, since_unix_s=since)
+    if since is not None:
+        frame = frame[frame.arrival_unix_s > since]
+    if frame.empty:
+        log.info("no new requests in %s since the watermark (%s)", telemetry_dir, since)
+        return None, {"requests": 0, "trigger": False, "reason": "no new requests"}
+    cutoff = float(frame.arrival_unix_s.max()) - settle_s
+    frame = frame[frame.arrival_unix_s <= cutoff]
+    if len(frame) < min_requests:
+        log.info("%d new requests, fewer than %d: waiting for more", len(frame), min_requests)
+        return None, {"requests": len(frame), "trigger": False, "reason": "too few new requests"}
+    return frame, None
+
+
+def _save_windows(
+    frame: Any, fleet: str, wdir: str, fallback: list[str], log: Any
+) -> tuple[str | None, list[str], list[str]]:
+    """Window files of the window's older part (what evolution sees) and of its newest
+    part (held back: promotion judges the challenger on traffic it was not tuned on);
+    (sha256 of the first, its scenarios, the held-back scenarios)."""
+    from sandbox.windows import save_window
+
+    cut = float(frame.arrival_unix_s.quantile(1 - HOLDOUT_FRACTION))
+    learn, held = frame[frame.arrival_unix_s <= cut], frame[frame.arrival_unix_s > cut]
+    try:
+        sha = save_window(learn, fleet, wdir)
+        scen = list(window_scenarios(sha, fleet))
+        holdout = scen
+        if len(held):
+            holdout = list(window_scenarios(save_window(held, fleet, wdir), fleet))
+    except Exception as e:  # an unknown fleet, a full disk: the catalogue stands in
+        log.warning("window not saved (%s): nearest catalogue scenarios instead", e)
+        return None, fallback, fallback
+    return sha, scen, holdout
+
+
+# Long for a reason: a flow's parameters and their Args lines are its deployment's
+# parameter form in the Prefect UI; the steps themselves are the helpers above.
 @flow(name="pull-telemetry", log_prints=True, flow_run_name=_run_name("pull"))
 def pull_telemetry(
     telemetry_dir: str,
@@ -207,48 +164,20 @@ def pull_telemetry(
             empty: one H100 per replica seen in the window.
         windows_dir: Where window files are saved; empty: <state_dir>/windows.
     """
-    from sandbox.windows import save_window
-
     log = get_run_logger()
     state = Path(state_dir)
-    if not Path(telemetry_dir).exists():
-        log.info("no telemetry yet at %s (the router writes it once it serves): nothing "
-                 "to pull", telemetry_dir)
-        return {"requests": 0, "trigger": False, "reason": "no telemetry yet"}
-    mark = _read(state / "watermark.json", {"arrival_unix_s": None})
-    since = mark["arrival_unix_s"]
-    frame = read_telemetry(telemetry_dir, since_unix_s=since)
-    if since is not None:
-        frame = frame[frame.arrival_unix_s > since]
-    if frame.empty:
-        log.info("no new requests in %s since the watermark (%s)", telemetry_dir, since)
-        return {"requests": 0, "trigger": False, "reason": "no new requests"}
-    cutoff = float(frame.arrival_unix_s.max()) - settle_s
-    frame = frame[frame.arrival_unix_s <= cutoff]
-    if len(frame) < min_requests:
-        log.info("%d new requests, fewer than %d: waiting for more", len(frame), min_requests)
-        return {"requests": len(frame), "trigger": False, "reason": "too few new requests"}
-    _write(state / "watermark.json", {"arrival_unix_s": float(frame.arrival_unix_s.max())})
+    frame, skipped = _new_rows(telemetry_dir, state, settle_s, min_requests, log)
+    if skipped is not None:
+        return skipped
+    save_state(state / "watermark.json", {"arrival_unix_s": float(frame.arrival_unix_s.max())})
     window = build_window(frame)
     cur = sample_from(frame)
-    ref_rec = _read(state / "reference.json", None)
+    ref_rec = read_reference(state)
     ref = WindowSample.from_dict(ref_rec["sample"]) if ref_rec else None
     fallback = list(scenarios_for(window))
     wdir = windows_dir_of(state, windows_dir)
     fleet = cluster or default_fleet(window)
-    # Evolution sees the older part of the window; the newest part is held back so
-    # that promotion judges the challenger on traffic it was not tuned on.
-    cut = float(frame.arrival_unix_s.quantile(1 - HOLDOUT_FRACTION))
-    learn, held = frame[frame.arrival_unix_s <= cut], frame[frame.arrival_unix_s > cut]
-    try:
-        sha = save_window(learn, fleet, wdir)
-        scen = list(window_scenarios(sha, fleet))
-        holdout = scen
-        if len(held):
-            holdout = list(window_scenarios(save_window(held, fleet, wdir), fleet))
-    except Exception as e:  # an unknown fleet, a full disk: the catalogue stands in
-        log.warning("window not saved (%s): nearest catalogue scenarios instead", e)
-        sha, scen, holdout = None, fallback, fallback
+    sha, scen, holdout = _save_windows(frame, fleet, wdir, fallback, log)
     out: dict[str, Any] = {"requests": window.requests, "window": window.to_dict(),
                            "scenarios": scen, "holdout_scenarios": holdout,
                            "fallback_scenarios": fallback,
@@ -262,11 +191,11 @@ def pull_telemetry(
         out |= {"trigger": report.trigger, "drift": report.metrics(), "reasons": report.reasons}
     metrics = window.metrics() | ({f"drift.{k}": v for k, v in report.metrics().items()}
                                   if report else {})
-    out["mlflow_run_id"] = _log_run(
+    out["mlflow_run_id"] = log_control_run(
         tracking_uri, "pull-telemetry", "pull", metrics,
         {"scenarios": ",".join(scen), "telemetry_dir": telemetry_dir,
          "window_sha256": str(sha), "fleet": fleet},
-        {"window.json": json.dumps(out, indent=1, default=str)}, _window_plot(ref, cur),
+        {"window.json": json.dumps(out, indent=1, default=str)}, window_plot(ref, cur),
         description=f"Telemetry window of {window.requests} requests; "
         + "; ".join(out.get("reasons") or [out.get("reason", "no drift")]),
     )
@@ -296,6 +225,16 @@ def _confirm_stage(settings: dict[str, Any]) -> Any:
     return ConfirmStage(**{k: tuple(v) if k == "gpu_ids" else v for k, v in settings.items()})
 
 
+def _champion(reg: PolicyRegistry) -> tuple[str, str] | None:
+    """(name, source) of the registered champion, the evolution's first parent; None yet."""
+    if reg.version_of(CHAMPION) is None:
+        return None
+    p = reg.fetch(CHAMPION)
+    return p.name, p.source
+
+
+# Long for a reason: a flow's parameters and their Args lines are its deployment's
+# parameter form in the Prefect UI; the steps themselves are the helpers above.
 @flow(name="evolve", log_prints=True, flow_run_name=_run_name("evolve"))
 def evolve(
     scenarios: list[str] | None = None,
@@ -374,7 +313,7 @@ def evolve(
     if task_runner not in TASK_RUNNERS:
         raise ValueError(f"unknown task runner {task_runner!r}; known: {', '.join(TASK_RUNNERS)}")
     wdir = windows_dir_of(state_dir, windows_dir)
-    scenarios = _scenarios(state_dir, scenarios, wdir, fallback_scenarios)
+    scenarios = scenarios_to_replay(state_dir, scenarios, wdir, fallback_scenarios)
     log.info("evolve on %s (task runner %s)", ", ".join(scenarios), task_runner)
     cfg = EvolutionConfig(
         quick=Suite(tuple(scenarios), (0,), scale, windows_dir=wdir),
@@ -392,14 +331,11 @@ def evolve(
     )
     if seeds_policies:
         cfg = cfg.with_(seeds_policies=tuple(seeds_policies))
-    reg = PolicyRegistry(tracking_uri)
-    champ = None
-    if reg.version_of(CHAMPION) is not None:
-        p = reg.fetch(CHAMPION)
-        champ = (p.name, p.source)
+    champ = _champion(PolicyRegistry(tracking_uri))
     # Named after the flow run, so the evolution's MLflow run reads like it.
     run_name = (links.current_flow_run() or {}).get("name", "evolve")
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{run_name}-", dir=_ensure(Path(state_dir) / "runs")))
+    runs = ensure_dir(Path(state_dir) / "runs")
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{run_name}-", dir=runs))
     # Evaluations fan out as Prefect tasks: on this flow's runner, or on a Dask cluster.
     summary = run_evolution(
         cfg, run_dir, fanout="prefect" if task_runner == "threads" else task_runner,
@@ -425,11 +361,6 @@ def evolve(
     return summary
 
 
-def _ensure(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
 # --------------------------------------------------------------------------- promote
 def make_rollback(admin: AdminClient, reg: PolicyRegistry, version: str, previous: str,
                   state_dir: str | Path) -> Any:
@@ -450,6 +381,36 @@ def _compare_task(champion_source: str, challenger_source: str,
     return compare(champion_source, challenger_source, cfg).to_dict()
 
 
+def _swap_and_watch(
+    admin: AdminClient, reg: PolicyRegistry, version: str, previous: str,
+    state_dir: str | Path, telemetry_dir: str | None, watch_cfg: WatchConfig,
+) -> dict[str, Any] | None:
+    """Load ``version`` into the live router; then, given telemetry, watch it for the
+    dwell period and roll back on a regression. The watch's result; None unwatched."""
+    swapped_at = time.time()
+    admin.load(reg.fetch(version))
+    record_event(state_dir, "swapped", version=version)
+    if not telemetry_dir:
+        return None
+    rollback = make_rollback(admin, reg, version, previous, state_dir)
+    return watch(telemetry_dir, version, previous, swapped_at, watch_cfg, rollback)
+
+
+def _decision_artifact(verdict: str, champ: Any, chal: Any, dec: dict[str, Any]) -> None:
+    """The decision as a Prefect markdown artifact on this flow run."""
+    links.markdown_artifact("promotion-decision", "\n".join([
+        f"## {verdict}", "", links.markdown_table([
+            ("champion", f"v{champ.version} ({champ.name})"),
+            ("challenger", f"v{chal.version} ({chal.name})"),
+            ("mean paired gain", dec["mean_diff"]),
+            ("95 % interval", f"[{dec['ci_low']:+.4f}, {dec['ci_high']:+.4f}]"),
+            *((f"gain on {k}", v) for k, v in dec["by_scenario"].items()),
+            ("reasons", "; ".join(dec["reasons"])),
+        ])]), "The promotion decision: paired held-back comparison of challenger and champion.")
+
+
+# Long for a reason: a flow's parameters and their Args lines are its deployment's
+# parameter form in the Prefect UI; the steps themselves are the helpers above.
 @flow(name="promote", log_prints=True, flow_run_name="promote-{challenger}")
 def promote(
     challenger: str = CHALLENGER,
@@ -506,9 +467,9 @@ def promote(
         return {"promoted": True, "version": chal.version, "reasons": ["no champion yet"]}
     champ = reg.fetch(CHAMPION)
     wdir = windows_dir_of(state_dir, windows_dir)
-    if not scenarios and _read(Path(state_dir) / "reference.json", None) is None:
+    if not scenarios and read_reference(state_dir) is None:
         scenarios = list(PromotionConfig().scenarios)
-    scenarios = _scenarios(state_dir, scenarios, wdir, None)
+    scenarios = scenarios_to_replay(state_dir, scenarios, wdir, None)
     cfg = PromotionConfig(scenarios=tuple(scenarios), seeds=tuple(seeds or HELD_BACK_SEEDS),
                           scale=scale, margin=margin, tolerance=tolerance, windows_dir=wdir,
                           backend=backend)
@@ -532,15 +493,13 @@ def promote(
         record_event(state_dir, "promoted", version=chal.version, previous=champ.version,
                      scenarios=scenarios)
         if admin_url and admin_token:
-            admin = AdminClient(admin_url, admin_token)
-            swapped_at = time.time()
-            admin.load(reg.fetch(chal.version))
-            record_event(state_dir, "swapped", version=chal.version)
-            if telemetry_dir and dwell_s > 0:
-                rollback = make_rollback(admin, reg, chal.version, champ.version, state_dir)
-                w = watch(telemetry_dir, chal.version, champ.version, swapped_at,
-                          WatchConfig(dwell_s=dwell_s, tolerance=rollback_tolerance,
-                                      min_requests=min_live_requests), rollback)
+            w = _swap_and_watch(
+                AdminClient(admin_url, admin_token), reg, chal.version, champ.version, state_dir,
+                telemetry_dir if dwell_s > 0 else None,
+                WatchConfig(dwell_s=dwell_s, tolerance=rollback_tolerance,
+                            min_requests=min_live_requests),
+            )
+            if w is not None:
                 out["rolled_back"] = w["rolled_back"]
                 out["live"] = w
                 metrics |= {f"live_before.{k}": v for k, v in w["before"].items()}
@@ -552,17 +511,10 @@ def promote(
                else f"v{chal.version} not promoted (v{champ.version} stays champion)")
     if out["rolled_back"]:
         verdict += ", then rolled back on a live regression"
-    out["mlflow_run_id"] = _log_run(tracking_uri, f"promote-v{chal.version}", "promotion",
-                                    metrics, params,
-                                    {"decision.json": json.dumps(out, indent=1, default=str)},
-                                    description=f"{verdict}: {'; '.join(dec['reasons'])}")
-    links.markdown_artifact("promotion-decision", "\n".join([
-        f"## {verdict}", "", links.markdown_table([
-            ("champion", f"v{champ.version} ({champ.name})"),
-            ("challenger", f"v{chal.version} ({chal.name})"),
-            ("mean paired gain", dec["mean_diff"]),
-            ("95 % interval", f"[{dec['ci_low']:+.4f}, {dec['ci_high']:+.4f}]"),
-            *((f"gain on {k}", v) for k, v in dec["by_scenario"].items()),
-            ("reasons", "; ".join(dec["reasons"])),
-        ])]), "The promotion decision: paired held-back comparison of challenger and champion.")
+    out["mlflow_run_id"] = log_control_run(
+        tracking_uri, f"promote-v{chal.version}", "promotion", metrics, params,
+        {"decision.json": json.dumps(out, indent=1, default=str)},
+        description=f"{verdict}: {'; '.join(dec['reasons'])}",
+    )
+    _decision_artifact(verdict, champ, chal, dec)
     return out
