@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from flows.live import LiveSLO, live_metrics
+from flows.live_cluster import LiveCluster
 from serving.loadgen import Shot, run_load
 from serving.prompt import synth_prompt
 
@@ -139,81 +140,6 @@ def traffic_scenario(kind: str, rate: float, duration: float, seed: int,
                     parse_cluster(cfg.fleet))
 
 
-class LiveCluster:
-    """Engines + router + admin API in this event loop, with telemetry.
-
-    ``engines="simulated"``: one simulated vLLM engine per GPU, in this process;
-    ``"llamacpp"``: as many real llama.cpp engines (``serving.llamacpp``, processes).
-    """
-
-    def __init__(self, gpus: tuple[str, ...], time_scale: float, telemetry_dir: Path,
-                 admin_token: str = "demo-admin-token", hold_timeout_s: float = 30.0,
-                 engines: str = "simulated") -> None:
-        self.hold_timeout_s = hold_timeout_s
-        self.gpus, self.time_scale, self.telemetry_dir = gpus, time_scale, telemetry_dir
-        self.admin_token = admin_token
-        self.engines = engines
-        self._runners: list[Any] = []
-        self._fleet: Any = None
-        self.running: Any = None
-
-    async def _simulated_fleet(self) -> Any:
-        from aiohttp import web
-
-        from serving.engine_server import EngineServer, EngineServerConfig
-        from serving.fleet import StaticFleet, free_port
-
-        urls = []
-        for gpu in self.gpus:
-            srv = EngineServer(EngineServerConfig(gpu=gpu, time_scale=self.time_scale))
-            runner = web.AppRunner(srv.app(), access_log=None)
-            await runner.setup()
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            self._runners.append(runner)
-            urls.append(f"http://127.0.0.1:{port}")
-        return StaticFleet(urls)
-
-    async def start(self, policy_source: str, version: str, name: str) -> None:
-        from serving.llamacpp import LlamaCppFleet
-        from serving.policy_loader import load_policy
-        from serving.policy_runtime import PolicyRuntime
-        from serving.router import RouterConfig
-        from serving.serve import start_router
-
-        if self.engines == "llamacpp":
-            self._fleet = LlamaCppFleet(len(self.gpus),
-                                        log_dir=self.telemetry_dir.parent / "engine-logs")
-            await self._fleet.start()
-            fleet = self._fleet
-        else:
-            fleet = await self._simulated_fleet()
-        runtime = PolicyRuntime(load_policy(policy_source, name=name), version=version)
-        self.running = await start_router(
-            fleet, runtime,
-            RouterConfig(telemetry_dir=self.telemetry_dir, scrape_interval_s=0.25,
-                         monitor_interval_s=1.0, hold_timeout_s=self.hold_timeout_s,
-                         reschedule=False),
-            admin_token=self.admin_token,
-        )
-
-    @property
-    def url(self) -> str:
-        return self.running.url
-
-    @property
-    def admin_url(self) -> str:
-        return self.running.admin_url
-
-    async def close(self) -> None:
-        if self.running is not None:
-            await self.running.close()
-        for r in self._runners:
-            await r.cleanup()
-        if self._fleet is not None:
-            await self._fleet.close()
-
-
 def _phase_metrics(results: list[Any], slo: LiveSLO) -> dict[str, float]:
     import pandas as pd
 
@@ -240,88 +166,142 @@ def best_baseline(scenario: Any) -> tuple[str, dict[str, float]]:
     return max(scores, key=lambda k: scores[k]), scores
 
 
-def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from flows import prefect_flows as pf
-    from flows.control_state import read_events
+@dataclass(frozen=True)
+class _Setup:
+    """One demo run's folders, tracking store and starting champion."""
+
+    work: Path
+    stamp: str
+    telemetry: Path
+    state: Path
+    uri: str
+    champion: str
+    source: str
+    version: str
+
+
+def _setup(cfg: DemoConfig, log: Callable[[str], None]) -> _Setup:
+    """Folders for this run, and the starting champion registered in MLflow."""
     from flows.registry import CHAMPION, PolicyRegistry
     from serving.policy_loader import builtin_source
 
     work = cfg.workdir
     work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    telemetry = work / f"telemetry-{stamp}"
-    state = work / f"state-{stamp}"
     uri = cfg.tracking_uri or f"sqlite:///{(work / 'mlflow.db').resolve()}"
-    reg = PolicyRegistry(uri)
     start_name = cfg.champion or best_baseline(
         traffic_scenario("conv", cfg.conv_rate, cfg.conv_s, cfg.seed, cfg))[0]
     src = builtin_source(start_name)
-    version = reg.register_source(src, start_name, alias=CHAMPION)
+    version = PolicyRegistry(uri).register_source(src, start_name, alias=CHAMPION)
     log(f"champion: {start_name} as autopoiesis-policy v{version}"
         + ("" if cfg.champion else " (the best baseline on the pre-shift traffic)"))
-    conv = shots("conv", cfg.conv_rate, 0.0, cfg.conv_s, cfg.seed, cfg.lengths)
-    code = shots("code", cfg.code_rate, cfg.conv_s, cfg.code_s, cfg.seed, cfg.lengths)
-    cluster = LiveCluster(FLEET, cfg.time_scale, telemetry, engines=cfg.engines)
-    fleet = cfg.fleet
-    # A real model may stop early: make it generate the schedule's lengths.
-    extra = {"ignore_eos": True} if cfg.engines == "llamacpp" else None
-    t0_holder: dict[str, float] = {}
-    stop = threading.Event()
-    control: dict[str, Any] = {"cycles": [], "error": None}
+    return _Setup(work, stamp, work / f"telemetry-{stamp}", work / f"state-{stamp}", uri,
+                  start_name, src, version)
 
-    def control_loop() -> None:
-        # Pulls on a fixed period; the flows run in this thread, the router keeps serving.
-        evolve_params = {"generations": cfg.generations, "population": cfg.population,
-                         "tune_trials": cfg.tune_trials, "scale": cfg.scale,
-                         "llm_base_url": cfg.llm_base_url, "seed": cfg.seed,
-                         # With an LLM, each slot waits for its answer: the demo shows
-                         # what the LLM proposes, whatever its speed on this machine.
-                         "llm_wait_s": None,
-                         "seeds_policies": ["llmd_weighted", "power_of_two"],
-                         "promote_params": {"admin_url": cluster.admin_url,
-                                            "admin_token": cluster.admin_token,
-                                            "telemetry_dir": str(telemetry),
-                                            "dwell_s": cfg.dwell_s, "scale": cfg.scale}}
+
+class _ControlLoop:
+    """The control plane's thread: pulls on a fixed period until a promotion holds.
+
+    The flows run in this thread while the router keeps serving; an exception ends the
+    loop and is kept in ``error`` (the traffic still finishes).
+    """
+
+    def __init__(self, cfg: DemoConfig, setup: _Setup, cluster: LiveCluster,
+                 log: Callable[[str], None]) -> None:
+        self.cfg, self.setup, self.cluster, self.log = cfg, setup, cluster, log
+        self.stop = threading.Event()
+        self.cycles: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self.t0 = 0.0
+
+    def start(self) -> threading.Thread:
+        self.t0 = time.time()
+        th = threading.Thread(target=self.run, name="control-plane", daemon=True)
+        th.start()
+        return th
+
+    def _evolve_params(self) -> dict[str, Any]:
+        # Read once the cluster is up: its admin URL exists only then.
+        cfg, cluster = self.cfg, self.cluster
+        return {
+            "generations": cfg.generations, "population": cfg.population,
+            "tune_trials": cfg.tune_trials, "scale": cfg.scale,
+            "llm_base_url": cfg.llm_base_url, "seed": cfg.seed,
+            # With an LLM, each slot waits for its answer: the demo shows
+            # what the LLM proposes, whatever its speed on this machine.
+            "llm_wait_s": None,
+            "seeds_policies": ["llmd_weighted", "power_of_two"],
+            "promote_params": {"admin_url": cluster.admin_url,
+                               "admin_token": cluster.admin_token,
+                               "telemetry_dir": str(self.setup.telemetry),
+                               "dwell_s": cfg.dwell_s, "scale": cfg.scale}}
+
+    def run(self) -> None:
+        from flows import prefect_flows as pf
+
+        cfg, setup = self.cfg, self.setup
+        evolve_params = self._evolve_params()
         promoted = False
         try:
-            while not stop.wait(cfg.pull_every_s):
-                out = pf.pull_telemetry(str(telemetry), state_dir=str(state), tracking_uri=uri,
-                                        chain="inline", settle_s=3.0, min_requests=40,
-                                        evolve_params=evolve_params, cluster=fleet)
-                control["cycles"].append({k: out.get(k) for k in ("requests", "trigger",
-                                                                  "reasons", "reason")})
-                log(f"[{time.time() - t0_holder['t0']:6.1f}s] pull: {out.get('requests')} "
-                    f"requests; " + "; ".join(out.get("reasons") or [out.get("reason") or
-                                                                      "no drift"]))
+            while not self.stop.wait(cfg.pull_every_s):
+                out = pf.pull_telemetry(str(setup.telemetry), state_dir=str(setup.state),
+                                        tracking_uri=setup.uri, chain="inline", settle_s=3.0,
+                                        min_requests=40, evolve_params=evolve_params,
+                                        cluster=cfg.fleet)
+                self.cycles.append({k: out.get(k) for k in ("requests", "trigger",
+                                                            "reasons", "reason")})
+                self.log(f"[{time.time() - self.t0:6.1f}s] pull: {out.get('requests')} "
+                         f"requests; " + "; ".join(out.get("reasons") or [out.get("reason") or
+                                                                           "no drift"]))
                 ev = out.get("evolve")
                 if ev:
                     p = ev.get("promote") or {}
-                    log(f"[{time.time() - t0_holder['t0']:6.1f}s] evolve: best "
-                        f"{ev['best_objective']:.4f} (seed {ev['seed_objective']:.4f}), "
-                        f"challenger v{ev['registered_version']}; promote: "
-                        f"{'; '.join(p.get('reasons', ['-']))}")
+                    self.log(f"[{time.time() - self.t0:6.1f}s] evolve: best "
+                             f"{ev['best_objective']:.4f} (seed {ev['seed_objective']:.4f}), "
+                             f"challenger v{ev['registered_version']}; promote: "
+                             f"{'; '.join(p.get('reasons', ['-']))}")
                     promoted = promoted or bool(p.get("promoted") and not p.get("rolled_back"))
                 if promoted:
                     return
         except Exception as e:  # surfaced in the result; the traffic still finishes
-            control["error"] = f"{type(e).__name__}: {e}"
+            self.error = f"{type(e).__name__}: {e}"
 
-    async def main() -> tuple[list[Any], float]:
-        await cluster.start(src, version, start_name)
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    setup = _setup(cfg, log)
+    conv = shots("conv", cfg.conv_rate, 0.0, cfg.conv_s, cfg.seed, cfg.lengths)
+    code = shots("code", cfg.code_rate, cfg.conv_s, cfg.code_s, cfg.seed, cfg.lengths)
+    cluster = LiveCluster(FLEET, cfg.time_scale, setup.telemetry, engines=cfg.engines)
+    # A real model may stop early: make it generate the schedule's lengths.
+    extra = {"ignore_eos": True} if cfg.engines == "llamacpp" else None
+    control = _ControlLoop(cfg, setup, cluster, log)
+
+    async def main() -> list[Any]:
+        await cluster.start(setup.source, setup.version, setup.champion)
         try:
-            t0_holder["t0"] = time.time()
-            th = threading.Thread(target=control_loop, name="control-plane", daemon=True)
-            th.start()
+            th = control.start()
             results, _ = await run_load(cluster.url, conv + code, timeout_s=120.0,
                                         extra_body=extra)
-            stop.set()
+            control.stop.set()
             await asyncio.to_thread(th.join, 300.0)
-            return results, t0_holder["t0"]
+            return results
         finally:
             await cluster.close()
 
-    results, t0 = asyncio.run(main())
-    events = read_events(state)
+    results = asyncio.run(main())
+    return _report(cfg, setup, conv, code, results, control, log)
+
+
+def _report(cfg: DemoConfig, setup: _Setup, conv: list[Shot], code: list[Shot],
+            results: list[Any], control: _ControlLoop,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """The run's result: live metrics of the code traffic before and after the swap,
+    beside the best static choice, and when the loop reacted."""
+    from flows.control_state import read_events
+    from flows.registry import CHAMPION, PolicyRegistry
+
+    t0 = control.t0
+    events = read_events(setup.state)
     shift_at = t0 + cfg.conv_s
 
     def first(kind: str) -> float | None:
@@ -334,14 +314,14 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
               if swap_t is None or t0 + s.at < swap_t]
     after_idx = [i for i, s in enumerate(code) if swap_t is not None and t0 + s.at >= swap_t + 2.0]
     after = [code_results[i] for i in after_idx]
-    champion_now = reg.version_of(CHAMPION)
+    champion_now = PolicyRegistry(setup.uri).version_of(CHAMPION)
     # The static choice is measured on the requests the live result it is set beside
     # served: those after the swap, or (no promotion) the whole post-shift traffic.
     static = _best_static(cfg, code, after_idx or list(range(len(code))),
-                          work / f"telemetry-static-{stamp}", log)
+                          setup.work / f"telemetry-static-{setup.stamp}", log)
     live_now = _phase_metrics(after, cfg.slo) if after else _phase_metrics(code_results, cfg.slo)
-    out = {
-        "champion": start_name,
+    return {
+        "champion": setup.champion,
         "before": _phase_metrics(before, cfg.slo),
         "after": _phase_metrics(after, cfg.slo) if after else None,
         "best_static": static,
@@ -351,17 +331,16 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
             "live_vs_best_static": verdict(live_now, static["metrics"] if static else None),
         },
         "conversation": _phase_metrics(results[:len(conv)], cfg.slo),
-        "promoted_version": champion_now if champion_now != version else None,
-        "baseline_version": version,
+        "promoted_version": champion_now if champion_now != setup.version else None,
+        "baseline_version": setup.version,
         "drift_detected_s": None if drift_t is None else drift_t - shift_at,
         "promoted_s": None if swap_t is None else swap_t - shift_at,
         "events": events,
-        "control_error": control["error"],
-        "pulls": control["cycles"],
-        "tracking_uri": uri,
-        "telemetry_dir": str(telemetry),
+        "control_error": control.error,
+        "pulls": control.cycles,
+        "tracking_uri": setup.uri,
+        "telemetry_dir": str(setup.telemetry),
     }
-    return out
 
 
 def _best_static(cfg: DemoConfig, code: list[Shot], same: list[int], telemetry: Path,

@@ -57,8 +57,9 @@ def test_deployments_listed_with_schedules_and_registry_aliases(tmp_path: Path):
 
 def test_regression_after_promotion_rolls_back_router_and_alias(tmp_path: Path):
     from flows.control_state import read_events
-    from flows.demo import LiveCluster, shots
+    from flows.demo import shots
     from flows.live import AdminClient, WatchConfig, watch
+    from flows.live_cluster import LiveCluster
     from flows.prefect_flows import make_rollback
     from flows.registry import CHAMPION, PolicyRegistry
     from serving.loadgen import run_load
