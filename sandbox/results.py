@@ -37,6 +37,41 @@ class DecisionTimes:
         return out
 
 
+class RequestOutcomes:
+    """Each request's outcome as a simulation records it, one write at a time.
+
+    Plain lists (writing one element of a numpy array costs several times more), made
+    arrays once, for the ``SimResult``, at the end. A request never finished stays a
+    timeout, NaN latencies, replica -1.
+    """
+
+    __slots__ = ("e2e", "preemptions", "queue", "replica", "retries", "status", "tpot", "ttft")
+
+    def __init__(self, n: int) -> None:
+        nan = math.nan
+        self.ttft = [nan] * n
+        self.tpot = [nan] * n
+        self.e2e = [nan] * n
+        self.queue = [nan] * n
+        self.replica = [-1] * n
+        self.preemptions = [0] * n
+        self.retries = [0] * n
+        self.status = [STATUS_TIMEOUT] * n
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The ``SimResult`` per-request columns."""
+        return {
+            "ttft_s": np.array(self.ttft, dtype=float),
+            "tpot_s": np.array(self.tpot, dtype=float),
+            "e2e_s": np.array(self.e2e, dtype=float),
+            "queue_s": np.array(self.queue, dtype=float),
+            "replica": np.array(self.replica, dtype=np.int64),
+            "preemptions": np.array(self.preemptions, dtype=np.int64),
+            "retries": np.array(self.retries, dtype=np.int64),
+            "status": np.array(self.status, dtype=np.int8),
+        }
+
+
 @dataclass
 class SimResult:
     scenario: str

@@ -20,7 +20,6 @@ plan change pays the cold start of each replica it starts.
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,13 @@ from typing import Literal
 
 import numpy as np
 
-from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
+from sandbox.results import (
+    STATUS_OK,
+    STATUS_REJECTED,
+    DecisionTimes,
+    RequestOutcomes,
+    SimResult,
+)
 from sandbox.scenario import ClusterEvent, Scenario
 from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
 from serving.engine import INF, Sequence
@@ -72,6 +77,11 @@ class _SimReplica:
         return self.state in ("starting", "serving", "draining")
 
 
+# One class on purpose (~400 lines): every handler below reads and writes the same
+# cluster state on the fitness function's hot path, and splitting it into collaborating
+# objects would put a hop on every event. Its sections: the run, replicas and GPUs,
+# cluster events, requests, periodic work, plans; per-request outcomes are kept by
+# ``results.RequestOutcomes``.
 class Simulation:
     def __init__(
         self,
@@ -100,16 +110,7 @@ class Simulation:
         self._output = w.output_tokens.tolist()
         self._max_tokens = w.max_tokens.tolist()
 
-        # Per-request results as lists (cheap to write one by one), arrays at the end.
-        nan = math.nan
-        self.ttft = [nan] * self.n
-        self.tpot = [nan] * self.n
-        self.e2e = [nan] * self.n
-        self.queue = [nan] * self.n
-        self.replica_of = [-1] * self.n
-        self.preempt = [0] * self.n
-        self.retries = [0] * self.n
-        self.status = [STATUS_TIMEOUT] * self.n
+        self.outcomes = RequestOutcomes(self.n)
         self.done = 0
 
         self.events: list[tuple] = []
@@ -184,14 +185,7 @@ class Simulation:
             scenario=self.scenario.name,
             policy=self.policy.name,
             arrival_s=np.asarray(self.w.arrival_s, dtype=float),
-            ttft_s=np.array(self.ttft, dtype=float),
-            tpot_s=np.array(self.tpot, dtype=float),
-            e2e_s=np.array(self.e2e, dtype=float),
-            queue_s=np.array(self.queue, dtype=float),
-            replica=np.array(self.replica_of, dtype=np.int64),
-            preemptions=np.array(self.preempt, dtype=np.int64),
-            retries=np.array(self.retries, dtype=np.int64),
-            status=np.array(self.status, dtype=np.int8),
+            **self.outcomes.columns(),
             slo_ttft_s=self.scenario.slo.ttft_s,
             slo_tpot_s=self.scenario.slo.tpot_s,
             gpu_seconds=self.gpu_seconds,
@@ -275,7 +269,7 @@ class Simulation:
         for rid in sorted(rids, reverse=True):
             target, request = self.inflight.pop(rid)
             self.core.finish(target, request)
-            self.retries[rid] += 1
+            self.outcomes.retries[rid] += 1
             self.core.enqueue(request, front=True)
 
     def _active(self) -> list[_SimReplica]:
@@ -383,7 +377,7 @@ class Simulation:
         )
         if not r.engine.fits(seq):
             self._finish_request(rid, target)
-            self.status[rid] = STATUS_REJECTED
+            self.outcomes.status[rid] = STATUS_REJECTED
             return
         r.engine.enqueue(seq, self.now)
         self._watch(r)
@@ -402,14 +396,15 @@ class Simulation:
         before = r.engine.steps
         finished = r.engine.on_step_end(self.now)
         self.engine_steps += r.engine.steps - before
+        out = self.outcomes
         for seq in finished:
             i = seq.rid
-            self.ttft[i] = seq.first_token - seq.arrival
-            self.tpot[i] = seq.tpot
-            self.e2e[i] = seq.finish - seq.arrival
-            self.queue[i] = seq.first_scheduled - seq.arrival
-            self.preempt[i] += seq.preemptions
-            self.status[i] = STATUS_OK
+            out.ttft[i] = seq.first_token - seq.arrival
+            out.tpot[i] = seq.tpot
+            out.e2e[i] = seq.finish - seq.arrival
+            out.queue[i] = seq.first_scheduled - seq.arrival
+            out.preemptions[i] += seq.preemptions
+            out.status[i] = STATUS_OK
             self.window.finish(seq.output)
             self._finish_request(i, rid)
         self._watch(r)
@@ -421,7 +416,7 @@ class Simulation:
     def _finish_request(self, i: int, replica_id: int) -> None:
         _, request = self.inflight.pop(i)
         self.core.finish(replica_id, request)
-        self.replica_of[i] = replica_id
+        self.outcomes.replica[i] = replica_id
         self.done += 1
         if self.progress is not None and self.done % 1000 == 0:
             self.progress(self.done, self.n)
