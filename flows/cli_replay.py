@@ -31,6 +31,7 @@ ROWS = (
 )
 
 
+# Long for its options: typer reads the command line from this signature.
 def replay_stage(
     policy: Annotated[str, typer.Option(help="Policy file or a baseline's name.")],
     scenario: Annotated[str, typer.Option(help="Scenario name (or window:<sha>:<variant>).")],

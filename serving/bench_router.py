@@ -200,6 +200,52 @@ async def _swap_under_load(cfg: BenchConfig, ours: Proc) -> dict:
             "p50_swap_ms": percentile(swap_ms, 50)}
 
 
+async def _measure_rate(cfg: BenchConfig, rate: float, targets: dict,
+                        salts: Iterator[int], log: Callable[[str], None]) -> dict:
+    """TTFT percentiles of every target at ``rate``, over ``cfg.rounds`` interleaved windows."""
+    extra = _request_extras(cfg)
+    pooled: dict[str, list] = {name: [] for name in targets}
+    walls = dict.fromkeys(targets, 0.0)
+    for k in range(cfg.rounds):
+        shots = poisson_shots(rate, cfg.duration_s / cfg.rounds,
+                              prompt_tokens=cfg.prompt_tokens,
+                              max_tokens=cfg.output_tokens,
+                              seed=cfg.seed + int(rate) + 1000 * k)
+        for name, url in targets.items():
+            results, wall = await run_load(url, _own_prompts(shots, cfg, salts),
+                                           extra_body=extra)
+            pooled[name] += results
+            walls[name] += wall
+            await asyncio.sleep(0.3)
+    row: dict = {"rate": rate}
+    for name in targets:
+        s = summarize(pooled[name], walls[name])
+        row[name] = {"ttft_p50_ms": s.ttft_ms["p50"], "ttft_p99_ms": s.ttft_ms["p99"],
+                     "failed": s.failed, "requests": s.requests,
+                     "max_send_lag_ms": s.max_send_lag_ms, "errors": s.errors}
+        log(f"rate {rate:>6} {name:<12} ttft p50 {s.ttft_ms['p50']:7.2f} ms  "
+            f"p99 {s.ttft_ms['p99']:7.2f} ms  failed {s.failed}/{s.requests}")
+    return row
+
+
+def _added_latency(cfg: BenchConfig, per_rate: list[dict], name: str) -> dict:
+    """What target ``name`` adds over direct load, per rate, and the highest rate up to
+    which every rate passed (under 1 % failures, at most 10 ms added p99)."""
+    added50, added99, fails = [], [], []
+    for row in per_rate:
+        d, r = row["direct"], row[name]
+        added50.append(r["ttft_p50_ms"] - d["ttft_p50_ms"])
+        added99.append(r["ttft_p99_ms"] - d["ttft_p99_ms"])
+        fails.append(r["failed"])
+    best = None  # the highest rate up to which every rate passed
+    for rate, a99, f, row in zip(cfg.rates, added99, fails, per_rate, strict=True):
+        if f >= 0.01 * row[name]["requests"] or a99 > 10.0:
+            break
+        best = rate
+    return {"added_ttft_p50_ms": added50, "added_ttft_p99_ms": added99,
+            "failures": fails, "max_rate_no_failures": best}
+
+
 async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     procs, info = await start_targets(cfg, log)
     targets: dict = info["targets"]
@@ -217,44 +263,11 @@ async def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dic
         for url in targets.values():
             await run_load(url, warm, extra_body=extra)
         for rate in cfg.rates:
-            pooled: dict[str, list] = {name: [] for name in targets}
-            walls = dict.fromkeys(targets, 0.0)
-            for k in range(cfg.rounds):
-                shots = poisson_shots(rate, cfg.duration_s / cfg.rounds,
-                                      prompt_tokens=cfg.prompt_tokens,
-                                      max_tokens=cfg.output_tokens,
-                                      seed=cfg.seed + int(rate) + 1000 * k)
-                for name, url in targets.items():
-                    results, wall = await run_load(url, _own_prompts(shots, cfg, salts),
-                                                   extra_body=extra)
-                    pooled[name] += results
-                    walls[name] += wall
-                    await asyncio.sleep(0.3)
-            row: dict = {"rate": rate}
-            for name in targets:
-                s = summarize(pooled[name], walls[name])
-                row[name] = {"ttft_p50_ms": s.ttft_ms["p50"], "ttft_p99_ms": s.ttft_ms["p99"],
-                             "failed": s.failed, "requests": s.requests,
-                             "max_send_lag_ms": s.max_send_lag_ms, "errors": s.errors}
-                log(f"rate {rate:>6} {name:<12} ttft p50 {s.ttft_ms['p50']:7.2f} ms  "
-                    f"p99 {s.ttft_ms['p99']:7.2f} ms  failed {s.failed}/{s.requests}")
-            out["per_rate"].append(row)
+            out["per_rate"].append(await _measure_rate(cfg, rate, targets, salts, log))
         for name in targets:
             if name == "direct":
                 continue
-            added50, added99, fails = [], [], []
-            for row in out["per_rate"]:
-                d, r = row["direct"], row[name]
-                added50.append(r["ttft_p50_ms"] - d["ttft_p50_ms"])
-                added99.append(r["ttft_p99_ms"] - d["ttft_p99_ms"])
-                fails.append(r["failed"])
-            best = None  # the highest rate up to which every rate passed
-            for rate, a99, f, row in zip(cfg.rates, added99, fails, out["per_rate"], strict=True):
-                if f >= 0.01 * row[name]["requests"] or a99 > 10.0:
-                    break
-                best = rate
-            entry = {"added_ttft_p50_ms": added50, "added_ttft_p99_ms": added99,
-                     "failures": fails, "max_rate_no_failures": best}
+            entry = _added_latency(cfg, out["per_rate"], name)
             if name == "autopoiesis":
                 out.update(entry)
             else:

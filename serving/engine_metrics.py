@@ -111,6 +111,7 @@ class VllmMetrics:
             self.itl.observe((last - first) / (n - 1))
         self.e2e.observe(last - start)
 
+    # Long for a reason: one header and sample per vLLM metric, in vLLM's order.
     def render(
         self,
         *,
@@ -124,7 +125,6 @@ class VllmMetrics:
         engine_config: EngineConfig,
     ) -> str:
         """The ``/metrics`` page: these counters and the engine's state now."""
-        # Long for a reason: one header and sample per vLLM metric, in vLLM's order.
         old = old_names
         lab = {"engine": "0", "model_name": model_name}
         kv_name = "vllm:gpu_cache_usage_perc" if old else "vllm:kv_cache_usage_perc"

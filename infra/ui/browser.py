@@ -99,6 +99,7 @@ class Browser:
         say(f"screenshot {out}")
 
 
+# Long for a reason: one checked page after another, in the order a reader walks the UI.
 def check_browser(
     urls: dict[str, str],
     evolve_dep: dict[str, Any],

@@ -301,18 +301,9 @@ def run_cli_evolve(env: dict[str, str]) -> None:
     )
 
 
-# --------------------------------------------------------------------------- main
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shots", type=Path, help="save the README screenshots here")
-    ap.add_argument("--no-browser", action="store_true", help="APIs only")
-    args = ap.parse_args()
-    t0 = time.monotonic()
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    pp, mp = free_port(), free_port()
-    urls = {"prefect": f"http://127.0.0.1:{pp}", "mlflow": f"http://127.0.0.1:{mp}"}
-    env = dict(
+def _service_env(urls: dict[str, str]) -> dict[str, str]:
+    """This process's environment pointed at the check's own Prefect and MLflow servers."""
+    return dict(
         os.environ,
         PREFECT_HOME=str(WORK / "prefect"),
         PREFECT_API_URL=f"{urls['prefect']}/api",
@@ -324,6 +315,68 @@ def main() -> int:
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
         AUTOPOIESIS_SHARED=os.environ.get("AUTOPOIESIS_SHARED", str(ROOT.parent / "shared")),
     )
+
+
+def _check_deployment_chain(
+    api: PrefectAPI, ml: MlflowAPI, deps: dict[str, Any], svc: Services
+) -> tuple[dict[str, Any], str]:
+    """Run the evolve deployment; it completes, links its MLflow run and chains a promote
+    run that completes and records its decision. (the flow run, its MLflow run id)"""
+    params = {
+        "scenarios": [SCENARIO],
+        "generations": 1,
+        "population": 2,
+        "tune_trials": 2,
+        "scale": SCALE,
+        "seeds_policies": ["least_kv", "llmd_weighted"],
+        "promote_params": {"scale": SCALE, "dwell_s": 0.0},
+    }
+    evo = api.wait(api.run(deps["evolve"]["id"], params), 600)
+    svc.alive("deploy")
+    expect(
+        evo["state_type"] == "COMPLETED",
+        "the evolve deployment run completes",
+        f"{evo['state_type']}: {api.logs(evo['id'])[-3000:]}",
+    )
+    evo = api.get(f"/flow_runs/{evo['id']}")
+    evo_run = linked_evolution(api, ml, evo, "deployment")
+    promote = wait_for(
+        "the promote run evolve chained",
+        lambda: [r for r in api.flow_runs("promote") if r["state_type"] in TERMINAL],
+        300,
+        2.0,
+    )[0]
+    expect(
+        promote["state_type"] == "COMPLETED",
+        "the chained promote run completes",
+        api.logs(promote["id"])[-3000:],
+    )
+    expect(
+        "promotion-decision" in api.artifacts(promote["id"])
+        or "no champion yet" in api.logs(promote["id"]),
+        "promote records its decision as an artifact",
+    )
+    wait_for(
+        "promote's decision in its log",
+        lambda: any(w in api.logs(promote["id"]) for w in ("PROMOTED", "not promoted")),
+        30,
+    )
+    expect(True, "promote logs its decision")
+    return evo, evo_run
+
+
+# --------------------------------------------------------------------------- main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shots", type=Path, help="save the README screenshots here")
+    ap.add_argument("--no-browser", action="store_true", help="APIs only")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    pp, mp = free_port(), free_port()
+    urls = {"prefect": f"http://127.0.0.1:{pp}", "mlflow": f"http://127.0.0.1:{mp}"}
+    env = _service_env(urls)
     if not Path(env["AUTOPOIESIS_SHARED"], "traces").is_dir():
         say(f"shared data not found at {env['AUTOPOIESIS_SHARED']} (set AUTOPOIESIS_SHARED)")
         return 1
@@ -346,46 +399,7 @@ def main() -> int:
         api, ml = PrefectAPI(f"{urls['prefect']}/api"), MlflowAPI(urls["mlflow"])
         deps = check_deployments(api)
         check_pull(api, deps)
-        params = {
-            "scenarios": [SCENARIO],
-            "generations": 1,
-            "population": 2,
-            "tune_trials": 2,
-            "scale": SCALE,
-            "seeds_policies": ["least_kv", "llmd_weighted"],
-            "promote_params": {"scale": SCALE, "dwell_s": 0.0},
-        }
-        evo = api.wait(api.run(deps["evolve"]["id"], params), 600)
-        svc.alive("deploy")
-        expect(
-            evo["state_type"] == "COMPLETED",
-            "the evolve deployment run completes",
-            f"{evo['state_type']}: {api.logs(evo['id'])[-3000:]}",
-        )
-        evo = api.get(f"/flow_runs/{evo['id']}")
-        evo_run = linked_evolution(api, ml, evo, "deployment")
-        promote = wait_for(
-            "the promote run evolve chained",
-            lambda: [r for r in api.flow_runs("promote") if r["state_type"] in TERMINAL],
-            300,
-            2.0,
-        )[0]
-        expect(
-            promote["state_type"] == "COMPLETED",
-            "the chained promote run completes",
-            api.logs(promote["id"])[-3000:],
-        )
-        expect(
-            "promotion-decision" in api.artifacts(promote["id"])
-            or "no champion yet" in api.logs(promote["id"]),
-            "promote records its decision as an artifact",
-        )
-        wait_for(
-            "promote's decision in its log",
-            lambda: any(w in api.logs(promote["id"]) for w in ("PROMOTED", "not promoted")),
-            30,
-        )
-        expect(True, "promote logs its decision")
+        evo, evo_run = _check_deployment_chain(api, ml, deps, svc)
         run_cli_evolve(env)
         cli = [r for r in api.flow_runs("evolve") if r["name"] == "cli-evolve"]
         expect(cli, "the CLI's evolve appears in Prefect as a flow run of flow evolve")

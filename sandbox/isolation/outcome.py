@@ -6,7 +6,7 @@ import signal
 from dataclasses import dataclass, field
 
 from sandbox.isolation.environment import READY_LINE
-from sandbox.protocol import EvalRequest, EvalResponse, ProtocolError
+from sandbox.protocol import EvalRequest, EvalResponse, Limits, ProtocolError
 
 
 @dataclass
@@ -81,27 +81,32 @@ def interpret(req: EvalRequest, raw: RawRun) -> EvalResponse:
                 return reject("integrity", bad)
         return resp
     # No response at all: say why the sandbox died.
+    return reject(*_why_silent(lim, raw, tail))
+
+
+def _why_silent(lim: Limits, raw: RawRun, tail: str) -> tuple[str, str]:
+    """(stage, reason) of a sandbox that ended without a response."""
     sig = raw.signal
     if not raw.ready:
         last = tail.strip().splitlines()[-1:] or [f"exit status {raw.returncode}"]
-        return reject("internal", f"the sandbox failed before the harness was ready: {last[0]}")
+        return ("internal", f"the sandbox failed before the harness was ready: {last[0]}")
     if raw.oom:
-        return reject(
+        return (
             "limit", f"memory limit of {lim.memory_mb} MB exceeded (killed by the OOM killer)"
         )
     if "MemoryError" in tail:
-        return reject("limit", f"memory limit of {lim.memory_mb} MB exceeded (MemoryError)")
+        return ("limit", f"memory limit of {lim.memory_mb} MB exceeded (MemoryError)")
     if sig == signal.SIGXCPU:
-        return reject("limit", "CPU time limit exceeded (SIGXCPU)")
+        return ("limit", "CPU time limit exceeded (SIGXCPU)")
     if sig == signal.SIGXFSZ:
-        return reject("limit", f"file size limit of {lim.file_bytes} bytes exceeded (SIGXFSZ)")
+        return ("limit", f"file size limit of {lim.file_bytes} bytes exceeded (SIGXFSZ)")
     if raw.pids_exhausted:
-        return reject("limit", f"process limit of {lim.pids} reached (fork bomb?)")
+        return ("limit", f"process limit of {lim.pids} reached (fork bomb?)")
     if sig == signal.SIGKILL:
-        return reject("limit", "sandbox was killed (SIGKILL): a memory or process limit")
+        return ("limit", "sandbox was killed (SIGKILL): a memory or process limit")
     if sig is not None:
-        return reject("runtime", f"sandbox crashed with {_signame(sig)}")
-    return reject(
+        return ("runtime", f"sandbox crashed with {_signame(sig)}")
+    return (
         "runtime",
         f"sandbox exited with status {raw.returncode} without answering "
         "(the candidate ended the process or closed the protocol channel)",

@@ -185,6 +185,21 @@ class _ProcessWorker(Worker):
             self.cgroup.remove()
 
 
+def _system_binds() -> list[str]:
+    """The system's programs and libraries, read-only, as the host lays them out."""
+    argv: list[str] = []
+    for top in ("usr", "bin", "lib", "lib64", "lib32", "libx32", "sbin"):
+        p = Path("/") / top
+        if p.is_symlink():
+            argv += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            argv += ["--ro-bind", str(p), str(p)]
+    for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"):
+        if os.path.exists(etc):
+            argv += ["--ro-bind", etc, etc]
+    return argv
+
+
 class ProcessBackend(Backend):
     """bubblewrap + rlimits (+ cgroup where available); see the module docstring."""
 
@@ -284,27 +299,7 @@ class ProcessBackend(Backend):
         # The private /tmp, /proc and /dev first: a bind made before them would be hidden
         # by them, and a runtime or checkout under /tmp is an ordinary place to be.
         argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        for top in ("usr", "bin", "lib", "lib64", "lib32", "libx32", "sbin"):
-            p = Path("/") / top
-            if p.is_symlink():
-                argv += ["--symlink", os.readlink(p), str(p)]
-            elif p.is_dir():
-                argv += ["--ro-bind", str(p), str(p)]
-        for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"):
-            if os.path.exists(etc):
-                argv += ["--ro-bind", etc, etc]
-        # the Python runtime: the venv and the interpreter it was made from
-        prefixes = {
-            Path(sys.prefix).resolve(),
-            Path(sys.base_prefix).resolve(),
-            Path(self.python).absolute().parent.parent,  # its venv (pyvenv.cfg, site-packages)
-            Path(self.python).resolve().parent.parent,
-        }
-        for pre in sorted(prefixes):
-            if not str(pre).startswith("/usr") and pre.is_dir():
-                argv += ["--ro-bind", str(pre), str(pre)]
-        if Path(sys.prefix) != Path(sys.prefix).resolve():
-            argv += ["--symlink", str(Path(sys.prefix).resolve()), sys.prefix]
+        argv += _system_binds() + self._runtime_binds()
         for pkg in CODE_PACKAGES:
             argv += ["--ro-bind", str(self.code_root / pkg), f"/app/{pkg}"]
         if self.shared_dir:
@@ -321,6 +316,22 @@ class ProcessBackend(Backend):
             *harness,
         ]
         return argv, env, "/"
+
+    def _runtime_binds(self) -> list[str]:
+        """The Python runtime, read-only: the venv and the interpreter it was made from."""
+        argv: list[str] = []
+        prefixes = {
+            Path(sys.prefix).resolve(),
+            Path(sys.base_prefix).resolve(),
+            Path(self.python).absolute().parent.parent,  # its venv (pyvenv.cfg, site-packages)
+            Path(self.python).resolve().parent.parent,
+        }
+        for pre in sorted(prefixes):
+            if not str(pre).startswith("/usr") and pre.is_dir():
+                argv += ["--ro-bind", str(pre), str(pre)]
+        if Path(sys.prefix) != Path(sys.prefix).resolve():
+            argv += ["--symlink", str(Path(sys.prefix).resolve()), sys.prefix]
+        return argv
 
     def _spawn(self, limits: Limits, windows: str | None = None) -> Worker:
         marker = uuid.uuid4().hex
