@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress
@@ -16,6 +16,10 @@ from rich.table import Table
 from flows.cli_output import console, write_json
 from flows.cli_output import fail as _fail
 from flows.cli_output import progress as new_progress
+
+if TYPE_CHECKING:
+    from flows.evolution.config import EvolutionConfig
+    from flows.trace_holdout import TraceSplit
 
 llm_app = typer.Typer(help="Local LLM for evolution (optional extra: pip install '.[llm]').")
 
@@ -260,7 +264,7 @@ def _trace_split(
     max_requests: int | None,
     windows_dir: Path,
     suites: str | None,
-):
+) -> TraceSplit | None:
     """``--trace``: the trace cut into train and test windows (``flows.trace_holdout``)."""
     if trace is None:
         if cluster or max_requests is not None:
@@ -274,8 +278,8 @@ def _trace_split(
         split = prepare(
             trace, windows_dir, cluster=cluster, holdout=holdout, max_requests=max_requests
         )
-    except ValueError as e:
-        _fail(f"--trace {trace}: {e}")
+    except ValueError as e:  # the trace's own errors name its file
+        _fail(str(e))
     console.print(
         f"trace {trace}: {split.train_requests} requests to evolve on, "
         f"{split.test_requests} held out ({holdout:.0%} of its span); cluster "
@@ -285,7 +289,9 @@ def _trace_split(
     return split
 
 
-def _judge_holdout(split, summary: dict, cfg, tracking_uri: str | None) -> dict:
+def _judge_holdout(
+    split: TraceSplit, summary: dict, cfg: EvolutionConfig, tracking_uri: str | None
+) -> dict:
     """The run's best candidate and every baseline on the held-out window; printed, logged."""
     from flows.evolution.rundir import best_source
     from flows.trace_holdout import judge, record_holdout
