@@ -294,7 +294,7 @@ def _judge_holdout(
 ) -> dict:
     """The run's best candidate and every baseline on the held-out window; printed, logged."""
     from flows.evolution.rundir import best_source
-    from flows.trace_holdout import judge, record_holdout
+    from flows.trace_holdout import holdout_table, judge, record_holdout
     from sandbox.backends import SandboxUnavailable
 
     try:
@@ -311,34 +311,9 @@ def _judge_holdout(
     except (ValueError, SandboxUnavailable) as e:
         _fail(f"holdout: {e}")
     report["candidate"] = summary["best_candidate"]
-    table = Table(
-        title=f"Held out: the last {split.holdout:.0%} of {split.trace} "
-        f"({split.test_requests} requests, {split.cluster})"
-    )
-    for col in ("scenario", "champion", "best baseline", "ratio"):
-        table.add_column(col, justify="left" if col == "scenario" else "right")
-    for row in report["scenarios"]:
-        best = row["best_baseline"]["objective"]
-        table.add_row(
-            row["name"],
-            f"{row['champion']['objective']:.4f}",
-            f"{best:.4f} {row['best_baseline_name']}",
-            _ratio(row["ratio"]),
-        )
-    table.add_row(
-        "mean",
-        f"{report['champion']:.4f}",
-        f"{report['best_baseline']:.4f} {report['best_baseline_name']}",
-        _ratio(report["ratio"]),
-        style="bold",
-    )
-    console.print(table)
+    console.print(holdout_table(report))
     record_holdout(report, Path(summary["run_dir"]), summary.get("mlflow_run_id"), tracking_uri)
     return report
-
-
-def _ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 @llm_app.command("serve-local")

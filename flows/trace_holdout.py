@@ -224,6 +224,36 @@ def holdout_report(split: TraceSplit, comparison: Comparison) -> dict[str, Any]:
     }
 
 
+def holdout_table(report: dict[str, Any]):
+    """The report as a rich table: each test scenario, then the ``mean`` row."""
+    from rich.table import Table
+
+    def ratio(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    table = Table(
+        title=f"Held out: the last {report['holdout']:.0%} of {report['trace']} "
+        f"({report['test_requests']} requests, {report['cluster']})"
+    )
+    for col in ("scenario", "champion", "best baseline", "ratio"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for row in report["scenarios"]:
+        table.add_row(
+            row["name"],
+            f"{row['champion']['objective']:.4f}",
+            f"{row['best_baseline']['objective']:.4f} {row['best_baseline_name']}",
+            ratio(row["ratio"]),
+        )
+    table.add_row(
+        "mean",
+        f"{report['champion']:.4f}",
+        f"{report['best_baseline']:.4f} {report['best_baseline_name']}",
+        ratio(report["ratio"]),
+        style="bold",
+    )
+    return table
+
+
 def record_holdout(
     report: dict[str, Any], run_dir: Path, run_id: str | None, tracking_uri: str | None = None
 ) -> None:
