@@ -34,7 +34,14 @@ from aiohttp import web
 
 from serving import prom
 from serving.accounting import RouterAccounting
-from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
+from serving.contract import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    ClusterView,
+    Plan,
+    ReplicaSpec,
+    ReplicaView,
+    Request,
+)
 from serving.engine_snapshots import SnapshotWriter
 from serving.fleet import EngineHandle, Fleet
 from serving.hardware import UnknownHardware
@@ -451,8 +458,8 @@ class Router:
         n = next(self._ids)
         req = Request(
             id=n, arrival=self.clock(), prompt_tokens=count_tokens(data),
-            max_output_tokens=max_tokens or 256, prefix_hashes=prefix_hashes(data),
-            prefix_block_tokens=BLOCK_TOKENS,
+            max_output_tokens=max_tokens or DEFAULT_MAX_OUTPUT_TOKENS,
+            prefix_hashes=prefix_hashes(data), prefix_block_tokens=BLOCK_TOKENS,
             session_id=str(body.get("user") or request.headers.get("x-session-id", "")),
         )
         request_id = request.headers.get("x-request-id") or f"{self._run_id}-{n}"
