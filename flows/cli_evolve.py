@@ -328,8 +328,8 @@ def serve_local(
     threads: Annotated[int, typer.Option(
         help="CPU threads; 1 beside the sandbox (more than free cores stalls llama.cpp).")] = 1,
 ) -> None:
-    """Serve a small local model over the OpenAI API (needs `make llm`)."""
-    from flows.evolution.llm_local import LocalModelMissing, serve_forever
+    """Serve a small local model over the OpenAI API (needs `make llm`); Ctrl-C stops it."""
+    from flows.evolution.llm_local import LocalModelMissing, LocalServerFailed, serve_forever
 
     try:
         serve_forever(
@@ -340,7 +340,10 @@ def serve_local(
             threads=threads,
             log=lambda m: console.print(m, highlight=False),
         )
-    except LocalModelMissing as e:
+    except KeyboardInterrupt:
+        console.print("stopped the local LLM server (interrupted)", highlight=False)
+        raise typer.Exit(130) from None
+    except (LocalModelMissing, LocalServerFailed) as e:
         _fail(str(e))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from sandbox.trace_formats.checks import _workload
 from sandbox.workload import Workload, WorkloadError
+from serving.contract import DEFAULT_MAX_OUTPUT_TOKENS
 
 
 def _load_telemetry(
@@ -53,7 +54,11 @@ def _from_frame(
     # would have: its logged output is a lower bound on its demand, kept >= 1 token.
     logged = frame["output_tokens"].to_numpy(dtype=np.int64)
     output = np.maximum(logged, 1)
-    max_tokens = np.maximum(frame["max_tokens"].to_numpy(dtype=np.int64), output)
+    # What the router's policy was told: the client's max_tokens (no engine generates
+    # past it), or, where the client set none (logged as 0), the router's default, which
+    # says nothing about the request's length.
+    asked = frame["max_tokens"].to_numpy(dtype=np.int64)
+    max_tokens = np.where(asked > 0, np.maximum(asked, output), DEFAULT_MAX_OUTPUT_TOKENS)
     hashes: tuple[tuple[int, ...], ...] = ()
     block = 16
     has = frame["prefix_hashes"].map(len).to_numpy() > 0
