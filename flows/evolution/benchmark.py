@@ -129,6 +129,9 @@ def _row(c: Comparison) -> dict[str, Any]:
         "best_baseline_name": s.best_baseline_name,
         "ratio": s.ratio,
         "baselines": {k: v.objective for k, v in s.baselines.items()},
+        # GPU time held over the starting plan's: a capacity won by holding more GPUs shows.
+        "champion_gpu_share": s.policy.metrics.get("gpu_share"),
+        "best_baseline_gpu_share": s.baselines[s.best_baseline_name].metrics.get("gpu_share"),
         "champion_rejection": s.policy.rejection,
     }
 
