@@ -225,3 +225,28 @@ def test_the_prompt_shows_the_composition_and_what_every_gene_means() -> None:
     assert json.loads(user["content"].split("```json\n")[1].split("```")[0]) == WEIGHTED
     assert "bursty-code 0.5000" in user["content"] and "- bursty-code: misses" in user["content"]
     assert len(system["content"]) + len(user["content"]) < 9000  # ~2.2k tokens
+
+
+def test_asking_for_compositions_is_part_of_a_runs_identity() -> None:
+    plain = config("http://127.0.0.1:1/v1")
+    composed = plain.with_(llm=replace(plain.llm, compose=True))
+    assert plain.fingerprint != composed.fingerprint  # a resume cannot switch it silently
+
+
+def test_while_search_composes_the_llm_waits_for_a_composition_to_start_from(_sandbox, tmp_path):
+    answer = json.dumps({**LEAST, "picker": "argmin_random", "W_INFLIGHT": 2.0})
+    with LLMDouble(lambda user: [{"content": answer}]) as d:
+        cfg = _compose_config(d.url, population=1, structure_share=1.0).with_(generations=2)
+        s, cands = _run(cfg, tmp_path / "run")
+        calls = list(d.calls)
+    slots = {}
+    for line in (tmp_path / "run" / "journal.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "slot":
+            slots[rec["key"]] = rec["consumed"]
+    # Nothing asked in generation 1 (no composition yet); generation 2 asks for one.
+    assert slots == {"slot/g001-s000": [], "slot/g002-s000": ["q0000"]}
+    assert calls and all("response_format" in c for c in calls)
+    assert s["llm"]["compose"]["proposed"] == s["llm"]["proposed"] == 1
+    parent = cands[cands["g002-q0000"]["parent_ids"][0]]
+    assert parent["origin"] == "structure"

@@ -40,7 +40,7 @@ from flows.evolution.compose import compose_draft
 from flows.evolution.config import Budget, EvolutionConfig
 from flows.evolution.drafts import Draft, make_draft
 from flows.evolution.journal import Journal
-from flows.evolution.llm_requests import Request, proposal, repair_round
+from flows.evolution.llm_requests import Request, archived_compositions, proposal, repair_round
 from flows.evolution.proposals import Counters, Fill, Slot, Workshop, new_candidate
 from flows.evolution.proposer import BudgetTracker, LLMError, Proposer
 from flows.evolution.responses import normalised_hash
@@ -67,6 +67,8 @@ class LLMProposer:
         self.budget = BudgetTracker(Budget(tokens=cfg.budget.tokens, usd=cfg.budget.usd))
         self.pending: deque[Request] = deque()
         self.issued = 0
+        self._composed = False
+        """Whether a composition has been archived (``_ready_to_ask``)."""
         self.retired: str | None = None
         self.errors_in_a_row = 0
         self.extra = {"errors": 0, "repaired": 0, "repair_rounds": 0, "sandbox_repairs": 0}
@@ -226,8 +228,24 @@ class LLMProposer:
                 self.retired = f"the endpoint failed {self.errors_in_a_row} requests in a row"
             else:
                 self.retired = self.budget.exhausted()
-        while self.retired is None and len(self.pending) < max(1, self.cfg.llm_concurrency):
+        while (
+            self.retired is None
+            and len(self.pending) < max(1, self.cfg.llm_concurrency)
+            and self._ready_to_ask()
+        ):
             self._submit(self._new_request())
+
+    def _ready_to_ask(self) -> bool:
+        """Asking for compositions while search composes them, the first request waits for
+        the first archived composition rather than ask for an edit: with the archive in it,
+        an edit prompt is ~5k tokens, which a local model on two shared cores read at 11
+        tokens/s, past its 300 s timeout, twice, in a 600 s run it then spent wholly on it."""
+        cfg = self.cfg
+        if self._composed or not (cfg.llm.compose and cfg.structure_share > 0):
+            return True
+        assert self.shop is not None
+        self._composed = bool(archived_compositions(self.shop.archive))
+        return self._composed
 
     def _new_request(self) -> Request:
         assert self.shop is not None

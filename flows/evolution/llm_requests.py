@@ -92,18 +92,31 @@ def composed_parent(
     archive: Archive, parent: Candidate, rng: random.Random, island: int
 ) -> tuple[Candidate, dict[str, Any] | None]:
     """The parent and its composition. A parent that is none gives way to an archived
-    composition (the island's elites first): asked for code, a small model's answers mostly
-    fail before the sandbox; asked for genes, every answer is a policy. With no composition
-    archived yet: the parent as sampled, and None (it is asked for an edit)."""
+    composition (the island's elites first, then any elite, then any scored): asked for
+    code, a small model's answers mostly fail before the sandbox; asked for genes, every
+    answer is a policy. With no composition archived yet: the parent as sampled, and None
+    (it is asked for an edit)."""
     genes = composition.parse(parent.source)
     if genes is not None:
         return parent, genes
-    found = [c for c in archive.elites(island) if composition.parse(c.source)]
-    found = found or [c for c in archive.elites() if composition.parse(c.source)]
+    found = (
+        _compositions(archive.elites(island))
+        or _compositions(archive.elites())
+        or archived_compositions(archive)
+    )
     if not found:
         return parent, None
     chosen = rng.choice(found)
     return chosen, composition.parse(chosen.source)
+
+
+def archived_compositions(archive: Archive) -> list[Candidate]:
+    """Every composition the archive scored, elite or not (by id: a stable order)."""
+    return _compositions(sorted(archive.candidates.values(), key=lambda c: c.id))
+
+
+def _compositions(cands: list[Candidate]) -> list[Candidate]:
+    return [c for c in cands if c.ok and composition.parse(c.source) is not None]
 
 
 def repair_round(req: Request, failed: Candidate | None = None) -> Request:
