@@ -237,9 +237,9 @@ class LLMProposer:
 
     def _ready_to_ask(self) -> bool:
         """Asking for compositions while search composes them, the first request waits for
-        the first archived composition rather than ask for an edit: with the archive in it,
-        an edit prompt is ~5k tokens, which a local model on two shared cores read at 11
-        tokens/s, past its 300 s timeout, twice, in a 600 s run it then spent wholly on it."""
+        the first archived composition rather than ask for an edit: an edit prompt with the
+        archive in it is ~5k tokens; read at 11 tokens/s by the local model on two shared
+        cores, it ran past the 300 s timeout twice and took a whole 600 s run."""
         cfg = self.cfg
         if self._composed or not (cfg.llm.compose and cfg.structure_share > 0):
             return True
