@@ -103,6 +103,11 @@ def evolve(
     llm_wait_always: Annotated[bool, typer.Option(
         help="Every slot waits for one LLM answer: reproducible, as slow as the LLM.")] = False,
     llm_concurrency: Annotated[int, typer.Option(help="LLM requests in flight at once.")] = 1,
+    llm_compose: Annotated[bool | None, typer.Option(
+        "--llm-compose/--llm-edit",
+        help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
+        "schema) rather than for an edit of its code (default: compose with --llm local).",
+    )] = None,
     confirm_top_k: Annotated[int, typer.Option(
         help="Replay stage: confirm the best K challengers through the live router (0: off)."
     )] = 0,
@@ -133,11 +138,10 @@ def evolve(
         Budget,
         ConfirmStage,
         EvolutionConfig,
-        LLMConfig,
     )
     from flows.evolution.config import Suite as SuiteCfg
     from flows.evolution.engine import Evolution, EvolutionError
-    from flows.evolution.llm_local import DEFAULT_URL
+    from flows.evolution.llm_local import llm_config
     from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
     from sandbox.backends import SandboxUnavailable
@@ -168,7 +172,6 @@ def evolve(
         full = SuiteCfg(SCENARIO_NAMES, FULL_SUITE.seeds, full_scale)
     else:
         full = SuiteCfg(names(full_scenarios), FULL_SUITE.seeds, full_scale)
-    base_url = None if llm == "none" else DEFAULT_URL if llm == "local" else llm
     try:
         confirm = ConfirmStage(top_k=confirm_top_k, target=confirm_engines,
                                requests=confirm_requests, time_scale=confirm_time_scale)
@@ -184,10 +187,7 @@ def evolve(
         tune_trials=tune_trials,
         backend=backend,
         parallel=parallel,
-        llm=LLMConfig.from_env(base_url, model, timeout_s=llm_timeout, max_tokens=max_tokens,
-                               grammar=llm == "local")  # llama.cpp: answers held to the format
-        if base_url
-        else LLMConfig(),
+        llm=llm_config(llm, model, llm_compose, timeout_s=llm_timeout, max_tokens=max_tokens),
         budget=Budget(tokens=budget_tokens, usd=budget_usd, wall_s=budget_wall),
         confirm=confirm,
         llm_wait_s=None if llm_wait_always else llm_wait,

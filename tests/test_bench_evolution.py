@@ -40,6 +40,7 @@ def test_the_champion_is_judged_against_the_best_baseline_on_test(result) -> Non
     assert result["mean_ratio"] == result["min_ratio"] == row["ratio"]
     assert "def route" in row["source"]
     assert result["proposers"]["structure"]["proposed"] == 1
+    assert result["llm"]["proposed"] == result["llm_compose"]["proposed"] == 0  # no LLM here
     assert result["budget"]["evaluations"] > 0 and result["evaluations_per_hour"] > 0
     json.dumps(result)  # the --json output
 

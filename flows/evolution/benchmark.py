@@ -197,7 +197,8 @@ def _totals(
     evo_wall = sum(s["wall_s"] for s in summaries)
     funnel: dict[str, dict[str, int]] = {}
     for s in summaries:
-        for kind, counts in {"llm": s["llm"], **s["proposers"]}.items():
+        llm = {"llm": s["llm"], "llm_compose": s["llm"].get("compose", {})}
+        for kind, counts in {**llm, **s["proposers"]}.items():
             into = funnel.setdefault(kind, dict.fromkeys(STAGES, 0))
             for stage in STAGES:
                 into[stage] += int(counts.get(stage, 0))
@@ -210,6 +211,7 @@ def _totals(
         "wins": sum(1 for r in rows if r["ratio"] > 1.0),
         "losses": sum(1 for r in rows if r["ratio"] < 1.0),
         "llm": funnel.pop("llm"),
+        "llm_compose": funnel.pop("llm_compose"),  # of those, the ones asked as compositions
         "proposers": funnel,
         "evaluations_per_hour": evaluations / evo_wall * 3600 if evo_wall > 0 else 0.0,
         "budget": {"wall_s": bench.budget_wall_s, "evaluations": evaluations},

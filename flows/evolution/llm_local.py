@@ -24,7 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from flows.evolution.config import LLMConfig
 from serving.llamacpp import (
     SMOLLM_ALIAS,
     EngineMissing,
@@ -77,6 +79,17 @@ stalls the others. Evolution keeps both cores busy with sandboxes; measured ther
 DEFAULT_URL = os.environ.get("AUTOPOIESIS_LOCAL_LLM_URL", f"http://127.0.0.1:{DEFAULT_PORT}/v1")
 MODEL_DIR = Path(os.environ.get("AUTOPOIESIS_MODEL_DIR", Path.home() / ".cache" / "autopoiesis"))
 MODEL_NAMES = {**{k: m.served_as for k, m in MODELS.items()}, "smollm": SMOLLM_ALIAS}
+
+
+def llm_config(llm: str, model: str | None, compose: bool | None = None, **kw: Any) -> LLMConfig:
+    """The endpoint a command's ``--llm none|local|URL`` names. ``local`` is llama.cpp
+    (``serve-local``): its answers are held to the edit grammar and, by default, asked for
+    as compositions where the parent is one (``compose``, a JSON schema)."""
+    if llm == "none":
+        return LLMConfig()
+    local = llm == "local"
+    return LLMConfig.from_env(DEFAULT_URL if local else llm, model, grammar=local,
+                              compose=local if compose is None else compose, **kw)  # fmt: skip
 
 
 LocalModelMissing = EngineMissing
