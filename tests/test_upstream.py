@@ -147,10 +147,8 @@ def test_stale_keep_alive_connection_is_retried_and_refused_port_raises():
                 await asyncio.sleep(0.05)  # let the close arrive while it sits idle
             assert len(accepted) == 2
         finally:
-            # Not wait_closed(): it waits for every connection to close, and on a loaded
-            # machine the pool may still hold one whose close has not arrived (the test
-            # hung there). close() stops listening, which is what the refusal below needs.
             server.close()
+            await server.wait_closed()
         with pytest.raises(UpstreamError):
             await pool.post(url, "/x", b"{}")
         pool.close()
