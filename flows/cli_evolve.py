@@ -13,7 +13,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from flows.cli_output import console, write_json
+from flows.cli_output import console, funnel_table, write_json
 from flows.cli_output import fail as _fail
 from flows.cli_output import progress as new_progress
 
@@ -247,14 +247,7 @@ def _print_summary(summary: dict) -> None:
         if not isinstance(v, list | dict):
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
-    funnel = Table(title="Proposals (each stage: how many got that far)")
-    funnel.add_column("kind")
-    stages = ("proposed", "parsed", "contract_ok", "unique", "evaluated", "improving")
-    for stage in stages:
-        funnel.add_column(stage, justify="right")
-    for kind, counts in summary["proposers"].items():
-        funnel.add_row(kind, *(str(counts[s]) for s in stages))
-    console.print(funnel)
+    console.print(funnel_table(summary["proposers"]))
 
 
 def _trace_split(

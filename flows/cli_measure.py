@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, fail, progress, write_json
+from flows.cli_output import console, fail, funnel_table, progress, write_json
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
 SplitOpt = Annotated[str, typer.Option(help="train, or test (stretches evolution never sees).")]
@@ -336,15 +336,8 @@ def _print_evolution(out: dict) -> None:
         f"{out['evaluations_per_hour']:.0f} evaluations/hour",
         highlight=False,
     )
-    funnel = Table(title="Proposals (each stage: how many got that far)")
-    funnel.add_column("kind")
-    stages = ("proposed", "parsed", "contract_ok", "unique", "evaluated", "improving")
-    for stage in stages:
-        funnel.add_column(stage, justify="right")
-    for kind, counts in {"llm": out["llm"], "llm (compose)": out["llm_compose"],
-                         **out["proposers"]}.items():  # fmt: skip
-        funnel.add_row(kind, *(str(counts[s]) for s in stages))
-    console.print(funnel)
+    kinds = {"llm": out["llm"], "llm (compose)": out["llm_compose"], **out["proposers"]}
+    console.print(funnel_table(kinds))
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
