@@ -264,7 +264,7 @@ def log_to_mlflow(result: dict[str, Any], tracking_uri: str | None = None) -> st
 
     from mlflow.tracking import MlflowClient
 
-    from flows.evolution.tracking import _flatten, default_tracking_uri, ensure_experiment
+    from flows.evolution.tracking import default_tracking_uri, ensure_experiment, flatten_params
 
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
@@ -279,7 +279,7 @@ def log_to_mlflow(result: dict[str, Any], tracking_uri: str | None = None) -> st
         for k in ("ratio", "capacity_ratio", "champion", "best_baseline"):
             if r[k] is not None and math.isfinite(r[k]):
                 client.log_metric(rid, f"{r['name']}.{k}", float(r[k]))
-    for k, v in _flatten(result["config"]).items():
+    for k, v in flatten_params(result["config"]).items():
         client.log_param(rid, k, v)
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(rid, str(plot(result, Path(tmp) / "evolution_vs_baselines.png")))
