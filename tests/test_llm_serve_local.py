@@ -16,22 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from shared_support import required
 
-from serving import llamacpp
 from serving.fleet import free_port
 
-WHY = llamacpp.available()
 AUTOPOIESIS = Path(sys.executable).with_name("autopoiesis")
-
-
-@pytest.fixture(scope="module")
-def engines_installed() -> None:
-    if WHY is None:
-        return
-    if required("AUTOPOIESIS_REQUIRE_LLAMACPP"):
-        pytest.fail(f"AUTOPOIESIS_REQUIRE_LLAMACPP is set but {WHY}")
-    pytest.skip(WHY)
 
 
 def _wait_for_models(port: int, server: subprocess.Popen, timeout_s: float = 60.0) -> None:
