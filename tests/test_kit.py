@@ -8,6 +8,7 @@ import types
 from collections import Counter
 
 import pytest
+from contract_support import req, rv
 
 from sandbox.static_checks import first_violation
 from serving import kit
@@ -16,38 +17,11 @@ from serving.contract import (
     Plan,
     ReplicaSpec,
     ReplicaState,
-    ReplicaView,
-    Request,
     WorkloadWindow,
 )
 
 H1, H2, A1 = ReplicaSpec("H100", 1), ReplicaSpec("H100", 2), ReplicaSpec("A100", 1)
 ROUTE = "\ndef route(request, replicas, now):\n    return None\n"
-
-
-def rv(
-    i: int,
-    *,
-    state: ReplicaState = "serving",
-    running: int = 0,
-    waiting: int = 0,
-    kv: int = 0,
-    inflight: int = 0,
-    tokens: int = 0,
-    overlap: int = 0,
-    gpu: str = "H100",
-    weight: float = 1.0,
-    tps: float = 10_000.0,
-    queued: float = 0.0,
-) -> ReplicaView:
-    """A replica snapshot; ``kv`` is blocks used out of 100, so kv_usage = kv / 100."""
-    return ReplicaView(i, gpu, 1, state, running, waiting, kv, 100, inflight, tokens, overlap,
-                       0.1, weight, tps, queued)  # fmt: skip
-
-
-def req(blocks: int = 0, session: str = "", prompt: int | None = None) -> Request:
-    return Request(0, 0.0, prompt if prompt is not None else 16 * max(blocks, 1), 64,
-                   tuple(range(blocks)), 16, session)  # fmt: skip
 
 
 def cluster(plan: Plan, *, pool: dict[str, int], waiting: int = 0, kv: int = 0,

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from contract_support import req, rv
 
 from serving.contract import (
     ClusterView,
@@ -24,34 +25,6 @@ from serving.policy_loader import BUILTIN_POLICIES, LoadedPolicy, builtin_policy
 
 POLICY_DIR = Path(__file__).resolve().parents[1] / "serving" / "policies"
 H1, A1 = ReplicaSpec("H100", 1), ReplicaSpec("A100", 1)
-
-
-def rv(
-    i: int,
-    *,
-    state: ReplicaState = "serving",
-    running: int = 0,
-    waiting: int = 0,
-    kv: int = 0,
-    inflight: int = 0,
-    tokens: int = 0,
-    overlap: int = 0,
-    gpu: str = "H100",
-    tp: int = 1,
-) -> ReplicaView:
-    """A replica snapshot; ``kv`` is blocks used out of 100, so kv_usage = kv / 100."""
-    return ReplicaView(
-        id=i, gpu=gpu, tp=tp, state=state, running=running, waiting=waiting,
-        kv_blocks_used=kv, kv_blocks_total=100, inflight_requests=inflight,
-        inflight_tokens=tokens, prefix_overlap_blocks=overlap, snapshot_age=0.1,
-    )  # fmt: skip
-
-
-def req(blocks: int = 0, session: str = "") -> Request:
-    return Request(
-        id=0, arrival=0.0, prompt_tokens=16 * max(blocks, 1), max_output_tokens=64,
-        prefix_hashes=tuple(range(blocks)), session_id=session,
-    )  # fmt: skip
 
 
 def window(rate: float, duration: float = 60.0) -> WorkloadWindow:
