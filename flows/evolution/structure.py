@@ -92,6 +92,7 @@ class StructureProposer:
         self.counters.note(slot.id, "proposed")
         values: list[float] = []  # every composition's objective, in the order asked
         best: tuple[str, Outcome] | None = None
+        spent = 0.0  # sandbox seconds of every composition the slot made
         n = max(1, shop.cfg.tune_trials)
         trial_no = 0
         while trial_no < n:
@@ -104,6 +105,7 @@ class StructureProposer:
                 value = out.objective if out.ok and out.objective is not None else FAILED_VALUE
                 self.study.tell(trial, value)
                 values.append(value)
+                spent += out.wall_s
                 if out.ok and (best is None or value > best[1].objective):
                     best = (src, out)
             trial_no += batch
@@ -116,7 +118,9 @@ class StructureProposer:
             return Fill(took=True)  # the best was one already archived: nothing new
         self.counters.note(slot.id, "parsed", "contract_ok", "unique", "evaluated")
         child.tuning = [v if v != FAILED_VALUE else math.nan for v in values]
-        child.eval_s = 0.0
+        # Every composition's sandbox time is this child's, as tuning charges its trials;
+        # ``apply`` adds the winner's own.
+        child.eval_s = spent - out.wall_s
         apply(child, out)
         if shop.improves(child, shop.champion):
             self.counters.note(slot.id, "improving")
