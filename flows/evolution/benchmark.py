@@ -122,6 +122,7 @@ def scenario_row(
 
 def _row(c: Comparison) -> dict[str, Any]:
     (s,) = c.scenarios
+    best = s.baselines[s.best_baseline_name]
     return {
         "name": s.scenario,
         "champion": s.policy.objective,
@@ -129,9 +130,12 @@ def _row(c: Comparison) -> dict[str, Any]:
         "best_baseline_name": s.best_baseline_name,
         "ratio": s.ratio,
         "baselines": {k: v.objective for k, v in s.baselines.items()},
-        # GPU time held over the starting plan's: a capacity won by holding more GPUs shows.
+        # SLO attainment at the scenario's own load beside whatever the objective is, and
+        # GPU time held over the starting plan's: a capacity won by holding GPUs shows.
+        "champion_slo_attainment": s.policy.metrics.get("slo_attainment"),
+        "best_baseline_slo_attainment": best.metrics.get("slo_attainment"),
         "champion_gpu_share": s.policy.metrics.get("gpu_share"),
-        "best_baseline_gpu_share": s.baselines[s.best_baseline_name].metrics.get("gpu_share"),
+        "best_baseline_gpu_share": best.metrics.get("gpu_share"),
         "champion_rejection": s.policy.rejection,
     }
 
