@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from flows.cli_output import console, write_json
+from flows.cli_output import console, funnel_table, write_json
 from flows.cli_output import fail as _fail
 from flows.cli_output import progress as new_progress
+
+if TYPE_CHECKING:
+    from flows.evolution.config import EvolutionConfig
+    from flows.trace_holdout import TraceSplit
 
 llm_app = typer.Typer(help="Local LLM for evolution (optional extra: pip install '.[llm]').")
 
@@ -99,6 +103,11 @@ def evolve(
     llm_wait_always: Annotated[bool, typer.Option(
         help="Every slot waits for one LLM answer: reproducible, as slow as the LLM.")] = False,
     llm_concurrency: Annotated[int, typer.Option(help="LLM requests in flight at once.")] = 1,
+    llm_compose: Annotated[bool | None, typer.Option(
+        "--llm-compose/--llm-edit",
+        help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
+        "schema) rather than for an edit of its code (default: compose with --llm local).",
+    )] = None,
     confirm_top_k: Annotated[int, typer.Option(
         help="Replay stage: confirm the best K challengers through the live router (0: off)."
     )] = 0,
@@ -114,6 +123,12 @@ def evolve(
     target: Annotated[float, typer.Option(help="capacity: SLO attainment to keep.")] = 0.90,
     gpu_budget: Annotated[float, typer.Option(
         help="cost: GPU time allowed, as a share of the starting plan's.")] = 0.75,
+    trace: Annotated[Path | None, typer.Option(
+        help="Evolve on the earlier part of this trace (any format), judge on the rest.")] = None,
+    cluster: Annotated[str | None, typer.Option(
+        help="With --trace: MODEL@COUNTxGPU,... (default: H100s sized to the trace).")] = None,
+    holdout: Annotated[float, typer.Option(help="With --trace: share held out.")] = 0.25,
+    max_requests: Annotated[int | None, typer.Option(help="With --trace: its first N.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Evolve routing policies in the sandbox; register the best as the MLflow challenger."""
@@ -123,11 +138,10 @@ def evolve(
         Budget,
         ConfirmStage,
         EvolutionConfig,
-        LLMConfig,
     )
     from flows.evolution.config import Suite as SuiteCfg
     from flows.evolution.engine import Evolution, EvolutionError
-    from flows.evolution.llm_local import DEFAULT_URL
+    from flows.evolution.llm_local import llm_config
     from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
     from sandbox.backends import SandboxUnavailable
@@ -144,18 +158,20 @@ def evolve(
     except ValueError as e:
         _fail(f"--objective: {e}")
     wdir = str(windows_dir.resolve()) if windows_dir else None
+    run_dir = run_dir or Path("mlruns") / "evolution" / time.strftime("evo-%Y%m%d-%H%M%S")
+    split = _trace_split(trace, cluster, holdout, max_requests, windows_dir or run_dir / "windows",
+                         scenarios or full_scenarios)
     quick = (
-        SuiteCfg(names(scenarios), (0,), scale, windows_dir=wdir)
-        if scenarios
+        split.quick_suite(scale) if split
+        else SuiteCfg(names(scenarios), (0,), scale, windows_dir=wdir) if scenarios
         else SuiteCfg(QUICK_SUITE.scenarios, QUICK_SUITE.seeds, scale)
     )
-    if full_scenarios in (None, "all"):
-        full: SuiteCfg | None = SuiteCfg(SCENARIO_NAMES, FULL_SUITE.seeds, full_scale)
-    elif full_scenarios == "none":
-        full = None
+    if split or full_scenarios == "none":
+        full: SuiteCfg | None = None
+    elif full_scenarios in (None, "all"):
+        full = SuiteCfg(SCENARIO_NAMES, FULL_SUITE.seeds, full_scale)
     else:
         full = SuiteCfg(names(full_scenarios), FULL_SUITE.seeds, full_scale)
-    base_url = None if llm == "none" else DEFAULT_URL if llm == "local" else llm
     try:
         confirm = ConfirmStage(top_k=confirm_top_k, target=confirm_engines,
                                requests=confirm_requests, time_scale=confirm_time_scale)
@@ -171,10 +187,7 @@ def evolve(
         tune_trials=tune_trials,
         backend=backend,
         parallel=parallel,
-        llm=LLMConfig.from_env(base_url, model, timeout_s=llm_timeout, max_tokens=max_tokens,
-                               grammar=llm == "local")  # llama.cpp: answers held to the format
-        if base_url
-        else LLMConfig(),
+        llm=llm_config(llm, model, llm_compose, timeout_s=llm_timeout, max_tokens=max_tokens),
         budget=Budget(tokens=budget_tokens, usd=budget_usd, wall_s=budget_wall),
         confirm=confirm,
         llm_wait_s=None if llm_wait_always else llm_wait,
@@ -186,15 +199,6 @@ def evolve(
         # and a small model is asked for a small edit of its parent, so the prompt carries
         # the parent alone, no other archived policy (about 2,200 tokens instead of 3,100).
         cfg = cfg.with_(prompt_top=0, prompt_diverse=0)
-    champ = None
-    if champion:
-        from serving.policy_loader import BUILTIN_POLICIES, builtin_source
-
-        if champion in BUILTIN_POLICIES:
-            champ = (champion, builtin_source(champion))
-        else:
-            champ = (Path(champion).stem, Path(champion).read_text("utf-8"))
-    run_dir = run_dir or Path("mlruns") / "evolution" / time.strftime("evo-%Y%m%d-%H%M%S")
     progress = new_progress()
 
     def opened(evo: Evolution) -> None:
@@ -213,11 +217,29 @@ def evolve(
             summary = run_evolution(
                 cfg, run_dir, fanout="dask" if task_runner == "dask" else "prefect",
                 flow_name="evolve", dask_address=dask_address, dask_workers=dask_workers,
-                on_open=opened, tracker=Tracker(tracking_uri), champion=champ,
+                on_open=opened, tracker=Tracker(tracking_uri), champion=_champion(champion),
                 progress=_rich_progress(progress), fresh=fresh,
             )
     except (EvolutionError, SandboxUnavailable) as e:
         _fail(str(e))
+    _print_summary(summary)
+    if split:
+        summary["holdout"] = _judge_holdout(split, summary, cfg, tracking_uri)
+    write_json(json_out, summary)
+
+
+def _champion(champion: str | None) -> tuple[str, str] | None:
+    """``--champion``: a baseline's name or a policy file, as (name, source)."""
+    if not champion:
+        return None
+    from serving.policy_loader import BUILTIN_POLICIES, builtin_source
+
+    if champion in BUILTIN_POLICIES:
+        return (champion, builtin_source(champion))
+    return (Path(champion).stem, Path(champion).read_text("utf-8"))
+
+
+def _print_summary(summary: dict) -> None:
     table = Table(title="Evolution")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -225,15 +247,66 @@ def evolve(
         if not isinstance(v, list | dict):
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
-    funnel = Table(title="Proposals (each stage: how many got that far)")
-    funnel.add_column("kind")
-    stages = ("proposed", "parsed", "contract_ok", "unique", "evaluated", "improving")
-    for stage in stages:
-        funnel.add_column(stage, justify="right")
-    for kind, counts in summary["proposers"].items():
-        funnel.add_row(kind, *(str(counts[s]) for s in stages))
-    console.print(funnel)
-    write_json(json_out, summary)
+    console.print(funnel_table(summary["proposers"]))
+
+
+def _trace_split(
+    trace: Path | None,
+    cluster: str | None,
+    holdout: float,
+    max_requests: int | None,
+    windows_dir: Path,
+    suites: str | None,
+) -> TraceSplit | None:
+    """``--trace``: the trace cut into train and test windows (``flows.trace_holdout``)."""
+    if trace is None:
+        if cluster or max_requests is not None:
+            _fail("--cluster and --max-requests go with --trace")
+        return None
+    if suites:
+        _fail("--trace makes the suite from the trace: drop --scenarios/--full-scenarios")
+    from flows.trace_holdout import prepare
+
+    try:
+        split = prepare(
+            trace, windows_dir, cluster=cluster, holdout=holdout, max_requests=max_requests
+        )
+    except ValueError as e:  # the trace's own errors name its file
+        _fail(str(e))
+    console.print(
+        f"trace {trace}: {split.train_requests} requests to evolve on, "
+        f"{split.test_requests} held out ({holdout:.0%} of its span); cluster "
+        f"{split.cluster}{'' if cluster else ' (sized to the trace)'}",
+        highlight=False,
+    )
+    return split
+
+
+def _judge_holdout(
+    split: TraceSplit, summary: dict, cfg: EvolutionConfig, tracking_uri: str | None
+) -> dict:
+    """The run's best candidate and every baseline on the held-out window; printed, logged."""
+    from flows.evolution.rundir import best_source
+    from flows.trace_holdout import holdout_table, judge, record_holdout
+    from sandbox.backends import SandboxUnavailable
+
+    try:
+        with console.status(
+            f"best candidate and every baseline on {len(split.test_names)} held-out scenarios"
+        ):
+            report = judge(
+                split,
+                best_source(Path(summary["run_dir"])),
+                cfg.objective,
+                backend=cfg.backend,
+                parallel=cfg.parallel,
+            )
+    except (ValueError, SandboxUnavailable) as e:
+        _fail(f"holdout: {e}")
+    report["candidate"] = summary["best_candidate"]
+    console.print(holdout_table(report))
+    record_holdout(report, Path(summary["run_dir"]), summary.get("mlflow_run_id"), tracking_uri)
+    return report
 
 
 @llm_app.command("serve-local")
@@ -248,8 +321,8 @@ def serve_local(
     threads: Annotated[int, typer.Option(
         help="CPU threads; 1 beside the sandbox (more than free cores stalls llama.cpp).")] = 1,
 ) -> None:
-    """Serve a small local model over the OpenAI API (needs `make llm`)."""
-    from flows.evolution.llm_local import LocalModelMissing, serve_forever
+    """Serve a small local model over the OpenAI API (needs `make llm`); Ctrl-C stops it."""
+    from flows.evolution.llm_local import LocalModelMissing, LocalServerFailed, serve_forever
 
     try:
         serve_forever(
@@ -260,7 +333,10 @@ def serve_local(
             threads=threads,
             log=lambda m: console.print(m, highlight=False),
         )
-    except LocalModelMissing as e:
+    except KeyboardInterrupt:
+        console.print("stopped the local LLM server (interrupted)", highlight=False)
+        raise typer.Exit(130) from None
+    except (LocalModelMissing, LocalServerFailed) as e:
         _fail(str(e))
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, fail, progress, write_json
+from flows.cli_output import console, fail, funnel_table, progress, write_json
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
 SplitOpt = Annotated[str, typer.Option(help="train, or test (stretches evolution never sees).")]
@@ -272,6 +272,11 @@ def bench_evolution(
         str, typer.Option(help="none (search only), local (serve-local's URL), or a base URL.")
     ] = "none",
     model: Annotated[str | None, typer.Option(help="LLM model name(s).")] = None,
+    llm_compose: Annotated[bool | None, typer.Option(
+        "--llm-compose/--llm-edit",
+        help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
+        "schema) rather than for an edit of its code (default: compose with --llm local).",
+    )] = None,
     headroom: Annotated[
         bool, typer.Option(help="Also compute each scenario's clairvoyant reference (slower).")
     ] = False,
@@ -285,8 +290,7 @@ def bench_evolution(
     against the best baseline there (the reference is never the seed)."""
     from flows.cli_control import quiet_defaults
     from flows.evolution.benchmark import EvolutionBench, bench_evolution, log_to_mlflow
-    from flows.evolution.config import LLMConfig
-    from flows.evolution.llm_local import DEFAULT_URL
+    from flows.evolution.llm_local import llm_config
     from sandbox.objectives import Objective
     from sandbox.scenarios import SCENARIO_NAMES
 
@@ -294,15 +298,13 @@ def bench_evolution(
     unknown = [n for n in names if n not in SCENARIO_NAMES]
     if unknown:
         fail(f"--scenarios: unknown {', '.join(unknown)}; known: {', '.join(SCENARIO_NAMES)}")
-    base_url = None if llm == "none" else DEFAULT_URL if llm == "local" else llm
     try:
         bench = EvolutionBench(
             scenarios=names, objective=Objective(objective), budget_wall_s=budget_wall,
             population=population, tune_trials=tune_trials, structure_share=structure_share,
             train_seeds=_seeds(train_seeds), test_seeds=_seeds(test_seeds), seed=seed,
             parallel=parallel, backend=backend, headroom=headroom,
-            llm=LLMConfig.from_env(base_url, model, grammar=llm == "local")
-            if base_url else LLMConfig(),
+            llm=llm_config(llm, model, llm_compose, timeout_s=300.0),  # evolve's default
         )  # fmt: skip
     except ValueError as e:
         fail(str(e))
@@ -334,14 +336,8 @@ def _print_evolution(out: dict) -> None:
         f"{out['evaluations_per_hour']:.0f} evaluations/hour",
         highlight=False,
     )
-    funnel = Table(title="Proposals (each stage: how many got that far)")
-    funnel.add_column("kind")
-    stages = ("proposed", "parsed", "contract_ok", "unique", "evaluated", "improving")
-    for stage in stages:
-        funnel.add_column(stage, justify="right")
-    for kind, counts in {"llm": out["llm"], **out["proposers"]}.items():
-        funnel.add_row(kind, *(str(counts[s]) for s in stages))
-    console.print(funnel)
+    kinds = {"llm": out["llm"], "llm (compose)": out["llm_compose"], **out["proposers"]}
+    console.print(funnel_table(kinds))
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 # Piped output (CI logs, files) gets room for the wide benchmark tables.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -46,6 +47,19 @@ def cell(
     if value is None or not math.isfinite(value):
         return missing
     return fmt.format(value * scale)
+
+
+def funnel_table(kinds: dict[str, dict[str, int]]) -> Table:
+    """Per proposer kind, how many proposals reached each stage (``proposals.STAGES``)."""
+    from flows.evolution.proposals import STAGES
+
+    funnel = Table(title="Proposals (each stage: how many got that far)")
+    funnel.add_column("kind")
+    for stage in STAGES:
+        funnel.add_column(stage, justify="right")
+    for kind, counts in kinds.items():
+        funnel.add_row(kind, *(str(counts[s]) for s in STAGES))
+    return funnel
 
 
 def write_json(path: Path | None, payload: object) -> None:

@@ -57,6 +57,7 @@ def _tiny_scenario(seed: int, n: int = 300, rate: float = 20.0, name: str = "san
     import numpy as np
 
     from sandbox.scenario import ClusterSpec, Scenario
+    from sandbox.trace_formats.checks import client_cap
     from sandbox.workload import Workload
     from serving.contract import Plan, ReplicaSpec
 
@@ -68,7 +69,7 @@ def _tiny_scenario(seed: int, n: int = 300, rate: float = 20.0, name: str = "san
         arrival_s=arrivals - arrivals[0],
         prompt_tokens=prompt,
         output_tokens=output,
-        max_tokens=output + 16,
+        max_tokens=np.full(n, client_cap(output)),  # one cap for all, as a trace's
         name=name,
     )
     cluster = ClusterSpec(

@@ -24,10 +24,11 @@ Three figures per scenario, as SLO attainment and (where it is finite) SLO capac
 ``gap_closed(value, h)`` says how much of the gap from the best baseline to the
 clairvoyant reference a policy's value closes (1.0: all of it).
 
-Note on lengths: public traces record only what was generated, so the catalogue's
-scenarios already give every router ``max_output_tokens`` equal to the output length
-(``sandbox.traces``); the oracle transform changes nothing there. Live, a client's
-``max_tokens`` is a cap, so a policy that leans on it is clairvoyant in simulation only.
+Note on lengths: the catalogue's scenarios give every router what a live one gets, the
+client's ``max_tokens`` as ``max_output_tokens``: a cap shared by every request of a
+trace (public traces record only what was generated; ``sandbox.traces`` says how the
+cap is chosen), never a request's own length. So the oracle's known output lengths are
+information no baseline has, and the clairvoyant side's lead includes their worth.
 """
 
 from __future__ import annotations

@@ -5,10 +5,18 @@ problem with the file becomes a one-line ``WorkloadError`` naming the file, and
 where it applies the column and line. Conventions for every format:
 
 - arrival times are seconds relative to the first request (which arrives at 0);
-- ``max_tokens`` is the output length unless the trace records what the client
-  asked for (only our telemetry does): public traces log what was generated, and
-  replaying with that as the limit makes the simulated engine stop where the
-  real one did;
+- the simulated engine stops each request at its ``output_tokens`` (what was
+  generated); ``max_tokens`` is the client's cap, which policies see as
+  ``Request.max_output_tokens``. Only our telemetry records it (a row without one,
+  logged as 0, gets the router's ``DEFAULT_MAX_OUTPUT_TOKENS``, as live). Public
+  traces log only what was generated, and a cap equal to each request's length would
+  tell a policy in simulation what no router knows live; so every request of such a
+  trace gets the same cap, the trace's largest output rounded up to a power of two
+  (what a client that never wants a truncated answer sends; ``client_cap``), taken
+  over the whole file (length-only sets) or the whole distribution (ServeGen), never
+  a sample: Azure code 2,048 (largest output 1,899), Azure conv 1,024 (1,000),
+  Mooncake 1,024 (893), BWB 4,096 (2,858). A workload that mixes traces keeps each
+  request's own trace's cap, as clients of different services send different caps;
 - the result is sorted by arrival; a trace whose timestamps go backwards is
   rejected rather than silently sorted, because that usually means a broken file
   (telemetry is the exception: rows are logged in completion order).

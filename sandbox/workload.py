@@ -21,7 +21,7 @@ class Workload:
     arrival_s: np.ndarray  # float64, seconds from the workload's start, non-decreasing
     prompt_tokens: np.ndarray  # int64 >= 1
     output_tokens: np.ndarray  # int64 >= 1: what the engine will generate
-    max_tokens: np.ndarray  # int64 >= output_tokens: what the client asked for
+    max_tokens: np.ndarray  # int64: the client's cap, policies' max_output_tokens (traces.py)
     prefix_hashes: tuple[tuple[int, ...], ...] = ()
     prefix_block_tokens: int = 16
     session_ids: tuple[str, ...] = ()

@@ -44,6 +44,9 @@ HOLD = None
 DEFAULT_PREFILL_TPS = 10_000.0
 """Prefill rate assumed for a replica whose deployment the step-time model does not know."""
 
+DEFAULT_MAX_OUTPUT_TOKENS = 256
+"""``Request.max_output_tokens`` of a request whose client set no ``max_tokens``."""
+
 ReplicaState = Literal["starting", "serving", "draining"]
 
 
@@ -55,6 +58,8 @@ class Request:
     arrival: float
     prompt_tokens: int
     max_output_tokens: int
+    """The client's cap on the answer (its ``max_tokens``; ``DEFAULT_MAX_OUTPUT_TOKENS``
+    when it set none): an upper bound, not the answer's length, which no router knows."""
     prefix_hashes: tuple[int, ...] = ()
     """Hashes of consecutive prompt chunks of ``prefix_block_tokens`` tokens each;
     equal leading hashes mean a shared, cacheable prefix. Empty when unknown."""

@@ -166,18 +166,26 @@ class LlamaCppFleet(ProcessFleet):
         self.config = config or LlamaCppConfig()
 
     def command(self, spec: ReplicaSpec, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "serving.llamacpp",
-            "--host",
-            self.host,
-            "--port",
-            str(port),
-            "--parent-pid",
-            str(os.getpid()),
-            *self.config.args(),
-        ]
+        return engine_command(self.config, self.host, port)
+
+
+def engine_command(cfg: LlamaCppConfig, host: str, port: int) -> list[str]:
+    """``python -m serving.llamacpp`` for ``cfg`` on ``host:port``, tied to this process.
+
+    The engine gets this process's pid as its parent: it exits when this process is gone.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "serving.llamacpp",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--parent-pid",
+        str(os.getpid()),
+        *cfg.args(),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,14 @@ from aiohttp import web
 
 from serving import prom
 from serving.accounting import RouterAccounting
-from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
+from serving.contract import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    ClusterView,
+    Plan,
+    ReplicaSpec,
+    ReplicaView,
+    Request,
+)
 from serving.engine_snapshots import SnapshotWriter
 from serving.fleet import EngineHandle, Fleet
 from serving.hardware import UnknownHardware
@@ -122,6 +129,11 @@ class Router:
         self._upstream: UpstreamPool | None = None
         self._monitor: asyncio.Task | None = None
         self._applying: asyncio.Task | None = None
+        self._closing = False
+        """Shutting down: new requests are refused, held ones answered (``_answer_held``)."""
+        self._parked = 0
+        """Handlers waiting in ``_route`` for a held request's turn."""
+        self._unparked = asyncio.Event()
         # Metrics.
         self.requests: dict[str, int] = {}
         self.ttft = prom.Histogram(LATENCY_BUCKETS)
@@ -142,11 +154,17 @@ class Router:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._on_startup)
+        # Shutdown runs before the server waits for its handlers, cleanup after: held
+        # requests must be answered first, or the server waits out their hold timeout.
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
     async def _on_startup(self, _: web.Application) -> None:
         await self.start()
+
+    async def _on_shutdown(self, _: web.Application) -> None:
+        await self._answer_held()
 
     async def _on_cleanup(self, _: web.Application) -> None:
         await self.stop()
@@ -164,16 +182,18 @@ class Router:
         self._monitor = asyncio.create_task(self._monitor_loop())
 
     async def stop(self) -> None:
+        """Refuse new requests, answer the held ones, stop, then close the telemetry writer.
+
+        Idempotent (the app's cleanup calls it too). Every held request is answered 503
+        and logged as ``rejected`` before the writer closes.
+        """
+        await self._answer_held()
         for task in (self._monitor, self._applying):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.scraper.stop()
-        for entry in self.core.held:
-            if isinstance(entry.ticket, asyncio.Future) and not entry.ticket.done():
-                entry.ticket.set_result((None, None))
-        self.core.held.clear()
         if self._session is not None:
             await self._session.close()
         if self._upstream is not None:
@@ -182,6 +202,27 @@ class Router:
             self.telemetry.close()  # a clean stop loses nothing
         if self.snapshots is not None:
             self.snapshots.flush()
+
+    async def _answer_held(self, timeout_s: float = 5.0) -> None:
+        """Refuse new requests; answer every held one and wait until its handler logged it.
+
+        Its handler writes the row (``rejected``) when it wakes, a loop iteration or two
+        after its ticket is resolved: the telemetry writer must still be open then.
+        """
+        self._closing = True
+        for entry in self.core.held:
+            if isinstance(entry.ticket, asyncio.Future) and not entry.ticket.done():
+                entry.ticket.set_result((None, None))
+        self.core.held.clear()
+
+        async def unparked() -> None:
+            while self._parked:
+                self._unparked.clear()
+                await self._unparked.wait()
+
+        # Bounded: a shutdown must not hang on a handler that never wakes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(unparked(), timeout_s)
 
     @property
     def accounting(self) -> RouterAccounting:
@@ -357,8 +398,11 @@ class Router:
         """Enqueue and drain (the core's arrival rule); wait while held.
 
         A dispatched request is counted in flight on its replica: the caller must
-        ``_release`` it. (None, None) when nothing can serve it or it waited too long.
+        ``_release`` it. (None, None) when nothing can serve it, it waited too long, or
+        the router is shutting down.
         """
+        if self._closing:
+            return None, None
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         now = self.clock()
         self._refresh(now)
@@ -370,11 +414,16 @@ class Router:
         if not self._could_serve(exclude):
             self.core.withdraw(entry)
             return None, None  # nothing is serving or starting: fail fast with 503
+        self._parked += 1
         try:
             return await asyncio.wait_for(fut, self.config.hold_timeout_s)
         except TimeoutError:
             return None, None
         finally:
+            # The caller logs the request in this same step, before any other task runs.
+            self._parked -= 1
+            if not self._parked:
+                self._unparked.set()
             if not fut.done() or fut.cancelled():
                 self.core.withdraw(entry)
 
@@ -409,8 +458,8 @@ class Router:
         n = next(self._ids)
         req = Request(
             id=n, arrival=self.clock(), prompt_tokens=count_tokens(data),
-            max_output_tokens=max_tokens or 256, prefix_hashes=prefix_hashes(data),
-            prefix_block_tokens=BLOCK_TOKENS,
+            max_output_tokens=max_tokens or DEFAULT_MAX_OUTPUT_TOKENS,
+            prefix_hashes=prefix_hashes(data), prefix_block_tokens=BLOCK_TOKENS,
             session_id=str(body.get("user") or request.headers.get("x-session-id", "")),
         )
         request_id = request.headers.get("x-request-id") or f"{self._run_id}-{n}"
@@ -426,8 +475,9 @@ class Router:
             queue_s = time.perf_counter() - t0
             if choice is None:
                 row.finish(self, "rejected", queue_s=queue_s, version=active)
-                return _error(503, "no engine available to serve the request",
-                              "service_unavailable", version=active)
+                why = "the router is shutting down" if self._closing else (
+                    "no engine available to serve the request")
+                return _error(503, why, "service_unavailable", version=active)
             assert active is not None and self._upstream is not None
             # From here the core counts the request on ``choice`` until it is released.
             replica = self.replicas.get(choice)

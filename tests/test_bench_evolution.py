@@ -37,9 +37,11 @@ def test_the_champion_is_judged_against_the_best_baseline_on_test(result) -> Non
     assert row["best_baseline_name"] in row["baselines"]
     assert row["ratio"] == pytest.approx(row["champion"] / row["best_baseline"])
     assert math.isfinite(row["capacity_ratio"])  # capacity measured too (objective slo)
+    assert 0 < row["best_baseline_slo_attainment"] <= 1 and row["champion_gpu_share"] > 0
     assert result["mean_ratio"] == result["min_ratio"] == row["ratio"]
     assert "def route" in row["source"]
     assert result["proposers"]["structure"]["proposed"] == 1
+    assert result["llm"]["proposed"] == result["llm_compose"]["proposed"] == 0  # no LLM here
     assert result["budget"]["evaluations"] > 0 and result["evaluations_per_hour"] > 0
     json.dumps(result)  # the --json output
 

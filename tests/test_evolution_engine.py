@@ -14,7 +14,8 @@ from llm_double import LLMDouble
 from sandbox_support import process_backend
 
 from flows.evolution.config import Budget
-from flows.evolution.rundir import EvolutionError
+from flows.evolution.rundir import EvolutionError, best_source
+from serving.policy_loader import builtin_source
 
 HERE = Path(__file__).resolve().parent
 
@@ -90,6 +91,8 @@ def test_wall_cap_stops_cleanly(tmp_path):
     s, _ = run(config(None, budget=Budget(wall_s=0.0)), tmp_path / "r")
     assert s["stopped"] and "wall-time budget" in s["stopped"]
     assert s["generations_done"] == 0 and s["seed_objective"] is not None
+    # The run's best (here the seed champion) is kept beside its summary, as source.
+    assert best_source(tmp_path / "r") == builtin_source(s["seed_policy"])
 
 
 def test_a_config_change_is_not_resumed_silently(tmp_path):

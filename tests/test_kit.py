@@ -171,6 +171,14 @@ def test_gpu_slowness():
     assert kit.gpu_slowness(req(), reps) == [1.0, 4.0]
 
 
+def test_inflight_per_speed():
+    # 3 in flight on a 40k tokens/s replica weigh as much as 0 on one four times slower.
+    reps = [rv(0, inflight=3, tps=40_000.0), rv(1, inflight=0, tps=10_000.0)]
+    assert kit.inflight_per_speed(req(), reps) == [4.0, 4.0]
+    same = [rv(0, inflight=2), rv(1, inflight=5)]
+    assert kit.inflight_per_speed(req(), same) == [3.0, 6.0]  # one GPU type: inflight + 1
+
+
 def test_est_ttft():
     # 640-token prompt: replica 0 has 32 of 40 blocks cached and 1000 tokens queued at
     # 10k tokens/s: (128 + 1000) / 10000; replica 1 nothing cached, nothing queued, 40k/s.
@@ -377,6 +385,12 @@ def test_acted():
 
 def test_fit_to_pool():
     assert kit.fit_to_pool([H1, H2, H1, A1], {"H100": 3}) == [H1, H2]
+
+
+def test_fill_pool():
+    view = cluster(Plan((H1,)), pool={"H100": 3, "A100": 1}, capacity={H1: 10.0, A1: 6.0})
+    assert kit.fill_pool(view, [H1]) == [H1, H1, H1, A1]  # the fleet's spec first, then the rest
+    assert kit.fill_pool(view, [H1, H1, H1, A1]) == [H1, H1, H1, A1]  # full: unchanged
 
 
 def test_free_gpus():

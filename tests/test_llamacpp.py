@@ -17,9 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from shared_support import required
 
-from serving import llamacpp
 from serving.llamacpp import SMOLLM_ALIAS, LlamaCppConfig, LlamaCppFleet
 from serving.policy_loader import builtin_policy
 from serving.policy_runtime import PolicyRuntime
@@ -49,16 +47,6 @@ def test_token_counts_from_usage_or_llamacpp_timings():
     assert engine_token_counts(content) == (None, None)  # text that only looks like a count
 
 
-WHY = llamacpp.available()
-
-
-@pytest.fixture(scope="module")
-def engines_installed() -> None:
-    if WHY is None:
-        return
-    if required("AUTOPOIESIS_REQUIRE_LLAMACPP"):
-        pytest.fail(f"AUTOPOIESIS_REQUIRE_LLAMACPP is set but {WHY}")
-    pytest.skip(WHY)
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, bytes]:

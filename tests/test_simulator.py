@@ -163,22 +163,25 @@ def test_slow_policy_pays_for_its_decisions():
 
 
 def test_patching_time_does_not_hide_decision_cost():
-    cheat = policy(
-        "import time\n"
-        "spin = time.thread_time\n"
-        "time.perf_counter = time.thread_time = time.monotonic = lambda: 0.0\n"
-        "def route(request, replicas, now):\n"
-        "    end = spin() + 0.001\n"
-        "    while spin() < end:\n        pass\n"
-        "    return replicas[0].id\n"
-    )
+    import time as time_module
+
+    # The clocks the cheat replaces, restored by hand: reloading ``time`` does not undo
+    # patched attributes, and a frozen clock left behind hangs every later asyncio test.
+    saved = {n: getattr(time_module, n) for n in ("perf_counter", "thread_time", "monotonic")}
     try:
+        cheat = policy(
+            "import time\n"
+            "spin = time.thread_time\n"
+            "time.perf_counter = time.thread_time = time.monotonic = lambda: 0.0\n"
+            "def route(request, replicas, now):\n"
+            "    end = spin() + 0.001\n"
+            "    while spin() < end:\n        pass\n"
+            "    return replicas[0].id\n"
+        )
         result = simulate(scenario(synthetic(20), cluster(1, decision_time_factor=1.0)), cheat)
     finally:
-        import importlib
-        import time as time_module
-
-        importlib.reload(time_module)
+        for name, clock in saved.items():
+            setattr(time_module, name, clock)
     assert result.decision_stats()["route_mean_s"] >= 0.001
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from serving.contract import DEFAULT_MAX_OUTPUT_TOKENS
 from serving.telemetry import (
     TELEMETRY_SCHEMA,
     TELEMETRY_SCHEMA_VERSION,
@@ -166,6 +167,21 @@ def test_telemetry_replays_as_workload(tmp_path: Path) -> None:
     assert w.meta["start_unix_s"] == pytest.approx(clock.t + 0.5)
     ok_only = load_trace(tmp_path, statuses=("ok",))
     assert len(ok_only) == 1
+
+
+def test_telemetry_keeps_each_clients_max_tokens(tmp_path: Path) -> None:
+    # Unlike public traces, telemetry records the caps clients sent: each row keeps its
+    # own, and a row whose client set none (0) gets what the router told the policy.
+    from sandbox.traces import load_trace
+
+    clock = FakeClock()
+    with TelemetryWriter(tmp_path, clock=clock) as writer:
+        writer.add(_row(0, clock.t, max_tokens=64))
+        writer.add(_row(1, clock.t + 1, max_tokens=1000, output_tokens=700))
+        writer.add(_row(2, clock.t + 2, max_tokens=0, output_tokens=300))
+    w = load_trace(tmp_path)
+    assert w.max_tokens.tolist() == [64, 1000, DEFAULT_MAX_OUTPUT_TOKENS]
+    assert w.output_tokens.tolist() == [10, 700, 300]
 
 
 def test_data_plane_does_not_import_sandbox() -> None:

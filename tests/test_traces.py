@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sandbox.trace_formats.checks import client_cap
 from sandbox.traces import (
     TRACE_FILES,
     detect_format,
@@ -41,9 +42,35 @@ def test_azure_and_vidur_fixtures_agree() -> None:
     assert az.arrival_s[0] == 0.0
     np.testing.assert_allclose(az.arrival_s, vi.arrival_s, atol=1e-3)
     np.testing.assert_array_equal(az.prompt_tokens, vi.prompt_tokens)
-    np.testing.assert_array_equal(az.max_tokens, az.output_tokens)
+    np.testing.assert_array_equal(az.max_tokens, vi.max_tokens)
     assert az.arrival_s.dtype == np.float64 and az.prompt_tokens.dtype == np.int64
     assert az.meta["format"] == "azure"
+
+
+def test_client_cap_is_the_largest_output_rounded_up_to_a_power_of_two() -> None:
+    cases = {1: 1, 2: 2, 3: 4, 1000: 1024, 1024: 1024, 1025: 2048}
+    assert {n: client_cap(np.array([n])) for n in cases} == cases
+    assert client_cap(np.array([5, 700, 9])) == 1024
+
+
+@pytest.mark.parametrize("fixture", ["azure_code_head.csv", "mooncake_head.jsonl"])
+def test_a_trace_without_caps_gives_every_request_one_shared_cap(fixture: str) -> None:
+    # Public traces record only what was generated: a per-request cap would be the length.
+    w = load_trace(FIXTURES / fixture)
+    assert len(set(w.max_tokens.tolist())) == 1
+    cap = int(w.max_tokens[0])
+    assert cap == client_cap(w.output_tokens) >= w.output_tokens.max()
+    assert len(set(w.output_tokens.tolist())) > 1  # so the lengths really are hidden
+    part = w.slice(10, 40)  # a stretch keeps the trace's cap, not one of its own
+    assert set(part.max_tokens.tolist()) == {cap}
+
+
+def test_length_sets_take_the_cap_of_the_whole_file() -> None:
+    path = FIXTURES / "sharegpt_head.csv"
+    whole = load_trace(path, rate=4.0, seed=7)
+    few = load_trace(path, rate=4.0, seed=7, n=5)
+    assert set(few.max_tokens.tolist()) == set(whole.max_tokens.tolist())
+    assert int(whole.max_tokens[0]) == client_cap(whole.output_tokens)
 
 
 def test_mooncake_fixture_has_512_token_blocks() -> None:
@@ -224,6 +251,7 @@ def test_timestamped_shared_traces_match_readme(
 ) -> None:
     w, elapsed = _timed(name)
     assert len(w) == rows
+    assert len(set(w.max_tokens.tolist())) == 1 and w.max_tokens[0] >= w.output_tokens.max()
     assert w.duration_s == pytest.approx(span_s, abs=1.0)
     assert w.arrival_s[0] == 0.0
     assert w.prompt_tokens.mean() == pytest.approx(input_mean, rel=0.005)
@@ -264,6 +292,10 @@ def test_servegen_pool_window() -> None:
     assert len(w) == pytest.approx(expected, rel=0.02)
     assert w.prompt_tokens.mean() == pytest.approx(1268, rel=0.1)
     assert w.output_tokens.mean() == pytest.approx(1527, rel=0.1)
+    # One cap from the pool's length distribution, whatever was drawn.
+    assert len(set(w.max_tokens.tolist())) == 1 and w.max_tokens[0] >= w.output_tokens.max()
+    short = load_trace("servegen", pool="deepseek-r1", start_s=0, end_s=60, seed=3)
+    assert set(short.max_tokens.tolist()) == set(w.max_tokens.tolist())
     with pytest.raises(WorkloadError, match="unknown model pool"):
         load_trace("servegen", pool="m-huge")
 

@@ -122,6 +122,7 @@ def scenario_row(
 
 def _row(c: Comparison) -> dict[str, Any]:
     (s,) = c.scenarios
+    best = s.baselines[s.best_baseline_name]
     return {
         "name": s.scenario,
         "champion": s.policy.objective,
@@ -129,6 +130,12 @@ def _row(c: Comparison) -> dict[str, Any]:
         "best_baseline_name": s.best_baseline_name,
         "ratio": s.ratio,
         "baselines": {k: v.objective for k, v in s.baselines.items()},
+        # SLO attainment at the scenario's own load beside whatever the objective is, and
+        # GPU time held over the starting plan's: a capacity won by holding GPUs shows.
+        "champion_slo_attainment": s.policy.metrics.get("slo_attainment"),
+        "best_baseline_slo_attainment": best.metrics.get("slo_attainment"),
+        "champion_gpu_share": s.policy.metrics.get("gpu_share"),
+        "best_baseline_gpu_share": best.metrics.get("gpu_share"),
         "champion_rejection": s.policy.rejection,
     }
 
@@ -194,7 +201,8 @@ def _totals(
     evo_wall = sum(s["wall_s"] for s in summaries)
     funnel: dict[str, dict[str, int]] = {}
     for s in summaries:
-        for kind, counts in {"llm": s["llm"], **s["proposers"]}.items():
+        llm = {"llm": s["llm"], "llm_compose": s["llm"].get("compose", {})}
+        for kind, counts in {**llm, **s["proposers"]}.items():
             into = funnel.setdefault(kind, dict.fromkeys(STAGES, 0))
             for stage in STAGES:
                 into[stage] += int(counts.get(stage, 0))
@@ -207,6 +215,7 @@ def _totals(
         "wins": sum(1 for r in rows if r["ratio"] > 1.0),
         "losses": sum(1 for r in rows if r["ratio"] < 1.0),
         "llm": funnel.pop("llm"),
+        "llm_compose": funnel.pop("llm_compose"),  # of those, the ones asked as compositions
         "proposers": funnel,
         "evaluations_per_hour": evaluations / evo_wall * 3600 if evo_wall > 0 else 0.0,
         "budget": {"wall_s": bench.budget_wall_s, "evaluations": evaluations},
@@ -259,7 +268,7 @@ def log_to_mlflow(result: dict[str, Any], tracking_uri: str | None = None) -> st
 
     from mlflow.tracking import MlflowClient
 
-    from flows.evolution.tracking import _flatten, default_tracking_uri, ensure_experiment
+    from flows.evolution.tracking import default_tracking_uri, ensure_experiment, flatten_params
 
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
@@ -274,7 +283,7 @@ def log_to_mlflow(result: dict[str, Any], tracking_uri: str | None = None) -> st
         for k in ("ratio", "capacity_ratio", "champion", "best_baseline"):
             if r[k] is not None and math.isfinite(r[k]):
                 client.log_metric(rid, f"{r['name']}.{k}", float(r[k]))
-    for k, v in _flatten(result["config"]).items():
+    for k, v in flatten_params(result["config"]).items():
         client.log_param(rid, k, v)
     with tempfile.TemporaryDirectory() as tmp:
         client.log_artifact(rid, str(plot(result, Path(tmp) / "evolution_vs_baselines.png")))

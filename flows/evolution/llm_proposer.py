@@ -10,7 +10,11 @@ search (``llm_wait_s`` 0, the default), or waits for it (``llm_wait_s`` seconds;
 None waits without limit and takes exactly one answer per slot, which makes a
 run independent of the LLM's speed: the tests' and a benchmark's mode). A child
 the sandbox rejects gets its repair round after the sandbox, as a later request.
-Every valid child is then tuned by Optuna like a search child.
+Every valid child is then tuned by Optuna like a search child. What is asked
+(an edit, or a composition when the parent is one and ``LLMConfig.compose`` is
+on) is built in ``llm_requests``; a composition's answer is drafted by
+``compose.compose_draft``, counted in this proposer's funnel and again in its
+own (``report()["compose"]``).
 
 Determinism and resume. Requests are issued at fixed points (when a slot is
 filled) with prompts built from the archive as it stands then, and every answer
@@ -25,53 +29,25 @@ from __future__ import annotations
 
 import json
 import queue
-import random
 import threading
 from collections import deque
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from typing import Any
 
-from flows.evolution import prompts
+from flows.evolution import compose, prompts
 from flows.evolution.archive import Candidate
-from flows.evolution.config import Budget, EvolutionConfig, ModelChoice
+from flows.evolution.compose import compose_draft
+from flows.evolution.config import Budget, EvolutionConfig
 from flows.evolution.drafts import Draft, make_draft
-from flows.evolution.edits import mark
 from flows.evolution.journal import Journal
+from flows.evolution.llm_requests import Request, archived_compositions, proposal, repair_round
 from flows.evolution.proposals import Counters, Fill, Slot, Workshop, new_candidate
-from flows.evolution.proposer import BudgetTracker, LLMError, Proposer, pick_model
+from flows.evolution.proposer import BudgetTracker, LLMError, Proposer
 from flows.evolution.responses import normalised_hash
 from flows.evolution.rundir import EvolutionError
 
 MAX_ERRORS_IN_A_ROW = 3
 """An endpoint that failed this many requests in a row is not asked again this run."""
-
-
-@dataclass
-class Request:
-    key: str
-    root: str
-    """The proposal it belongs to: its own key, or the key whose sandbox repair it is."""
-    parent: Candidate
-    base: str
-    """The marked source the model is shown and its edits apply to."""
-    messages: list[dict[str, str]]
-    model: ModelChoice
-    seed: int
-    island: int
-    known: frozenset[str]
-    """Normalised hashes a usable answer must not repeat (the archive when it was asked)."""
-    kind: str = "propose"
-    """``propose``; or the proposal's one repair round: ``repair`` (before the sandbox) or
-    ``sandbox-repair`` (after it); a repair round gets no further one."""
-    future: Future[dict[str, Any]] = field(default_factory=Future, repr=False)
-    """The journal record of the answer (text, or the endpoint's error)."""
-    draft: Draft | None = field(default=None, repr=False)
-
-    @property
-    def answer(self) -> dict[str, Any]:
-        return self.future.result()
 
 
 class LLMProposer:
@@ -86,9 +62,13 @@ class LLMProposer:
         self.journal = journal
         self.client = client or Proposer(cfg.llm)
         self.counters = Counters()
+        self.composed = Counters()
+        """The proposals asked for as compositions: their own funnel, also counted above."""
         self.budget = BudgetTracker(Budget(tokens=cfg.budget.tokens, usd=cfg.budget.usd))
         self.pending: deque[Request] = deque()
         self.issued = 0
+        self._composed = False
+        """Whether a composition has been archived (``_ready_to_ask``)."""
         self.retired: str | None = None
         self.errors_in_a_row = 0
         self.extra = {"errors": 0, "repaired": 0, "repair_rounds": 0, "sandbox_repairs": 0}
@@ -161,7 +141,11 @@ class LLMProposer:
             if "error" in answer:
                 req.draft = Draft(stage="llm", error=answer["error"])
             else:
-                req.draft = make_draft(answer["text"], req.base, req.parent.source, req.known)
+                req.draft = (
+                    make_draft(answer["text"], req.base, req.parent.source, req.known)
+                    if req.genes is None
+                    else compose_draft(answer["text"], req.genes, req.parent.source, req.known)
+                )
                 if not req.draft.ok and req.kind == "propose":
                     self._ask_repair(req)
         return req.draft
@@ -205,30 +189,36 @@ class LLMProposer:
         self.extra["errors"] += failed
         self.extra["repaired"] += bool(d.repairs)
         if req.kind == "propose" and not failed:
-            self.counters.note(req.root, "proposed")
-        self.counters.note(req.root, *(s for s in d.reached() if taken or s != "unique"))
+            self._note(req, "proposed")
+        self._note(req, *(s for s in d.reached() if taken or s != "unique"))
+
+    def _note(self, req: Request, *stages: str) -> None:
+        self.counters.note(req.root, *stages)
+        if req.genes is not None:
+            self.composed.note(req.root, *stages)
 
     def _evaluate(self, req: Request, c: Candidate, slot: Slot) -> list[Candidate]:
         """The slot's child in the sandbox, then tuned; a rejected one gets its repair round."""
         shop = self.shop
         assert shop is not None
         self.taken.add(c.ast_hash)
-        self.counters.note(req.root, "evaluated")
+        self._note(req, "evaluated")
         shop.evaluate([c])
         if not c.ok:
-            # One repair round per proposal: after the sandbox only if none came before it.
-            if req.kind == "propose" and c.stage != "internal":
+            # One repair round per proposal: after the sandbox only if none came before it,
+            # and not for a composition (the sandbox rejecting one is no answer's fault).
+            if req.kind == "propose" and c.stage != "internal" and req.genes is None:
                 self._ask_repair(req, c)
             return []
         out: list[Candidate] = []
         if shop.improves(c, req.parent):
-            self.counters.note(req.root, "improving")
+            self._note(req, "improving")
         if self.cfg.tune_llm_candidates and shop.tunable(c):
             t = shop.tuned(c, slot, c.id + "t", c.island)
             if t is not None:
                 out.append(t)
                 if shop.improves(t, req.parent):
-                    self.counters.note(req.root, "improving")
+                    self._note(req, "improving")
         return out
 
     # ------------------------------------------------------------------ requests
@@ -238,84 +228,34 @@ class LLMProposer:
                 self.retired = f"the endpoint failed {self.errors_in_a_row} requests in a row"
             else:
                 self.retired = self.budget.exhausted()
-        while self.retired is None and len(self.pending) < max(1, self.cfg.llm_concurrency):
+        while (
+            self.retired is None
+            and len(self.pending) < max(1, self.cfg.llm_concurrency)
+            and self._ready_to_ask()
+        ):
             self._submit(self._new_request())
 
+    def _ready_to_ask(self) -> bool:
+        """Asking for compositions while search composes them, the first request waits for
+        the first archived composition rather than ask for an edit: an edit prompt with the
+        archive in it is ~5k tokens; read at 11 tokens/s by the local model on two shared
+        cores, it ran past the 300 s timeout twice and took a whole 600 s run."""
+        cfg = self.cfg
+        if self._composed or not (cfg.llm.compose and cfg.structure_share > 0):
+            return True
+        assert self.shop is not None
+        self._composed = bool(archived_compositions(self.shop.archive))
+        return self._composed
+
     def _new_request(self) -> Request:
-        shop, cfg = self.shop, self.cfg
-        assert shop is not None
-        n = self.issued
+        assert self.shop is not None
         self.issued += 1
-        rng = random.Random(f"{cfg.seed}/llm/{n}")
-        island = n % cfg.islands
-        parent = shop.archive.sample_parent(rng, island) or shop.champion
-        model = pick_model(cfg.llm.models, rng)
-        messages = prompts.build_messages(
-            parent=parent,
-            champion=shop.champion,
-            archive=shop.archive,
-            diagnosis=shop.diagnosis,
-            workload=self._workload,
-            rng=rng,
-            n_top=cfg.prompt_top,
-            n_diverse=cfg.prompt_diverse,
-            n_errors=cfg.prompt_errors,
-        )
-        key = f"q{n:04d}"
-        return Request(
-            key,
-            key,
-            parent,
-            mark(parent.source),
-            messages,
-            model,
-            rng.randrange(2**31),
-            island,
-            frozenset(shop.archive.known_hashes()),
-        )
+        return proposal(self.issued - 1, self.cfg, self.shop, self._workload)
 
     def _ask_repair(self, req: Request, failed: Candidate | None = None) -> None:
-        """The proposal's one repair round: its error and the code it gave, fed back.
-
-        ``failed``: the child the sandbox rejected; else the draft failed before it.
-        """
-        d = req.draft
-        assert d is not None
-        if failed is not None:
-            kind, key, shown = "sandbox-repair", f"{req.key}r", failed.source
-            error, instruction = (
-                f"in the sandbox ({failed.stage}): {failed.rejection}",
-                (prompts.REPAIR_EDIT),
-            )
-            known = req.known | {failed.ast_hash}
-        else:
-            kind, key, shown, error = "repair", f"{req.key}/repair", d.source or req.base, d.error
-            instruction = (
-                prompts.REWRITE_BLOCK
-                if d.stage == "parse"
-                else prompts.REAL_CHANGE
-                if d.stage in ("copy", "duplicate")
-                else prompts.REPAIR_EDIT
-            )
-            known = req.known
+        """The proposal's one repair round (``llm_requests.repair_round``), a later request."""
         self.extra["sandbox_repairs" if failed is not None else "repair_rounds"] += 1
-        messages = prompts.repair_messages(
-            req.messages, req.answer.get("text", ""), error or "", shown, instruction
-        )
-        self._submit(
-            Request(
-                key,
-                req.root,
-                req.parent,
-                mark(shown),
-                messages,
-                req.model,
-                req.seed,
-                req.island,
-                known,
-                kind=kind,
-            )
-        )
+        self._submit(repair_round(req, failed))
 
     def _submit(self, req: Request) -> None:
         self.pending.append(req)
@@ -338,7 +278,13 @@ class LLMProposer:
         if rec is not None:
             return rec
         try:
-            reply = self.client.complete(req.messages, req.model, seed=req.seed, tag=req.key)
+            reply = self.client.complete(
+                req.messages,
+                req.model,
+                seed=req.seed,
+                tag=req.key,
+                response_format=None if req.genes is None else compose.response_format(),
+            )
             rec = {
                 "kind": "llm",
                 "text": reply.text,
@@ -367,6 +313,7 @@ class LLMProposer:
             "tokens": self.budget.tokens,
             "cost_usd": self.budget.usd,
             "retired": self.retired,
+            "compose": self.composed.counts(),
         }
 
     def close(self) -> None:

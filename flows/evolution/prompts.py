@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import random
 from functools import cache
 from importlib import resources
 from string import Template
+from typing import Any
 
 from flows.evolution.archive import Archive, Candidate
 from flows.evolution.edits import mark
@@ -167,6 +169,36 @@ def repair_messages(
     turn = template("repair.md").safe_substitute(
         error=error, source=mark(source), instruction=instruction
     )
+    return [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": turn}]
+
+
+def compose_messages(
+    *, parent: Candidate, genes: dict[str, Any], diagnosis: str, workload: str,
+    rng: random.Random,
+) -> list[dict[str, str]]:  # fmt: skip
+    """Ask for a composition: the genes' meaning (from the kit, ``compose.gene_reference``)
+    in the system prompt, which a local server caches across requests; the parent's
+    composition, its score per scenario and where it loses in the user's turn."""
+    from flows.evolution.compose import gene_reference, shown
+
+    system = template("compose_system.md").safe_substitute(genes=gene_reference())
+    by_scenario = ", ".join(f"{k} {v:.4f}" for k, v in sorted(parent.quick_by_scenario.items()))
+    user = template("compose.md").safe_substitute(
+        workload=workload,
+        objective=_fmt(parent.quick),
+        by_scenario=by_scenario or "n/a",
+        composition=json.dumps(shown(genes), indent=1),
+        diagnosis=diagnosis,
+        hint=rng.choice(HINTS),
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def compose_repair_messages(
+    messages: list[dict[str, str]], answer: str, error: str
+) -> list[dict[str, str]]:
+    """A composition that could not be used, and why: one more turn."""
+    turn = template("compose_repair.md").safe_substitute(error=error)
     return [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": turn}]
 
 

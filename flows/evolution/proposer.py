@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 
@@ -104,10 +105,25 @@ class Proposer:
         )
 
     def complete(
-        self, messages: list[dict[str, str]], model: ModelChoice, seed: int, tag: str = ""
+        self,
+        messages: list[dict[str, str]],
+        model: ModelChoice,
+        seed: int,
+        tag: str = "",
+        response_format: dict[str, Any] | None = None,
     ) -> Reply:
-        """One chat completion; ``tag`` (the candidate id) goes in ``user`` to correlate logs."""
+        """One chat completion; ``tag`` (the candidate id) goes in ``user`` to correlate logs.
+
+        ``response_format`` (a JSON schema the answer is held to) replaces the edit grammar:
+        llama.cpp refuses a request that carries both."""
         attempt, t0 = 0, time.monotonic()
+        held: dict[str, Any] = (
+            {"response_format": response_format}
+            if response_format is not None
+            else {"extra_body": {"grammar": ANSWER_GRAMMAR}}
+            if self.cfg.grammar
+            else {}
+        )
         while True:
             attempt += 1
             try:
@@ -118,7 +134,7 @@ class Proposer:
                     temperature=self.cfg.temperature,
                     seed=seed,
                     user=tag or "autopoiesis",
-                    extra_body={"grammar": ANSWER_GRAMMAR} if self.cfg.grammar else None,
+                    **held,
                 )
                 return self._reply(resp, model, time.monotonic() - t0, attempt)
             except (

@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 
 from flows.evolution import composition
+from flows.evolution.cascade import Outcome
 from flows.evolution.composition_source import render
 from flows.evolution.proposals import Counters, Fill, Slot, Workshop, apply, new_candidate
 from flows.evolution.tuning import FAILED_VALUE
@@ -89,8 +90,9 @@ class StructureProposer:
         assert shop is not None, "bind() first"
         rng = slot.rng("structure")
         self.counters.note(slot.id, "proposed")
-        made: list[tuple[str, float]] = []  # (source, objective)
-        best = None
+        values: list[float] = []  # every composition's objective, in the order asked
+        best: tuple[str, Outcome] | None = None
+        spent = 0.0  # sandbox seconds of every composition the slot made
         n = max(1, shop.cfg.tune_trials)
         trial_no = 0
         while trial_no < n:
@@ -102,20 +104,23 @@ class StructureProposer:
             for (trial, _), src, out in zip(asked, sources, outs, strict=True):
                 value = out.objective if out.ok and out.objective is not None else FAILED_VALUE
                 self.study.tell(trial, value)
-                made.append((src, value))
-                if out.ok and (best is None or value > best[2].objective):
-                    best = (trial, src, out)
+                values.append(value)
+                spent += out.wall_s
+                if out.ok and (best is None or value > best[1].objective):
+                    best = (src, out)
             trial_no += batch
             shop.advance("composed")
         if best is None:
             return Fill(took=True)
-        _, src, out = best
+        src, out = best
         child = new_candidate(slot.id, src, slot.generation, slot.island, "structure")
         if child.ast_hash in shop.archive.known_hashes():
             return Fill(took=True)  # the best was one already archived: nothing new
         self.counters.note(slot.id, "parsed", "contract_ok", "unique", "evaluated")
-        child.tuning = [v if v != FAILED_VALUE else math.nan for _, v in made]
-        child.eval_s = 0.0
+        child.tuning = [v if v != FAILED_VALUE else math.nan for v in values]
+        # Every composition's sandbox time is this child's, as tuning charges its trials;
+        # ``apply`` adds the winner's own.
+        child.eval_s = spent - out.wall_s
         apply(child, out)
         if shop.improves(child, shop.champion):
             self.counters.note(slot.id, "improving")

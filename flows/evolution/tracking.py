@@ -71,7 +71,7 @@ def config_params(cfg: EvolutionConfig) -> dict[str, str]:
     d = cfg.to_dict()
     if not cfg.llm.enabled:
         d["llm"] = {"enabled": False}
-    params = _flatten(d)
+    params = flatten_params(d)
     params |= {"quick.hash": cfg.quick.digest, "full.hash": cfg.full.digest if cfg.full else ""}
     return params
 
@@ -86,12 +86,12 @@ def describe_config(cfg: EvolutionConfig) -> str:
     )
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out |= _flatten(v, key + ".")
+            out |= flatten_params(v, key + ".")
         else:
             out[key] = str(v)[:500]
     return out

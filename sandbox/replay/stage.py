@@ -179,6 +179,10 @@ def scenario_slice(scenario: Scenario, requests: int | None, seconds: float | No
     # A stretch of trace may open with an idle lead-in: a replay would wait it out in
     # real time for nothing (warm replicas, no events), so the slice starts at its first.
     w = w.take(slice(None), arrival_s=w.arrival_s - start)
+    # Shots ask each engine for a request's true length as max_tokens (the only way to
+    # make an engine stop there), so the live router sees it: the simulated side is told
+    # the same, or the two would not be routing alike.
+    w = replace(w, max_tokens=w.output_tokens.copy())
     return replace(scenario, name=f"{scenario.name}[:{len(w)}]", workload=w, events=()), inside
 
 

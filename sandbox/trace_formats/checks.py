@@ -86,6 +86,16 @@ def _relative_sorted(path: Path, t: np.ndarray, col: str, header: bool = True) -
     return t - t[0]
 
 
+def client_cap(outputs: np.ndarray) -> int:
+    """The ``max_tokens`` a client that never wants a truncated answer sends for a trace.
+
+    Its largest output rounded up to a power of two: a cap chosen once for the whole
+    trace, so that it says nothing about any one request's length (see ``sandbox.traces``).
+    """
+    longest = max(int(np.max(outputs)), 1) if len(outputs) else 1
+    return 1 << (longest - 1).bit_length()
+
+
 def _workload(
     path: Path,
     fmt: str,
@@ -94,17 +104,22 @@ def _workload(
     output: np.ndarray,
     name: str | None,
     *,
-    max_tokens: np.ndarray | None = None,
+    max_tokens: np.ndarray | int | None = None,
     meta: dict | None = None,
     **extra: object,
 ) -> Workload:
+    """The Workload of a trace's rows. ``max_tokens``: per row, or one cap for every row;
+    None gives every row ``client_cap(output)`` (pass the cap when ``output`` is a sample of
+    the trace rather than all of it)."""
+    if max_tokens is None:
+        max_tokens = client_cap(output)
+    if np.isscalar(max_tokens):
+        max_tokens = np.full(len(output), max_tokens, dtype=np.int64)
     return Workload(
         arrival_s=np.ascontiguousarray(arrival_s, dtype=np.float64),
         prompt_tokens=np.ascontiguousarray(prompt, dtype=np.int64),
         output_tokens=np.ascontiguousarray(output, dtype=np.int64),
-        max_tokens=np.ascontiguousarray(
-            output if max_tokens is None else max_tokens, dtype=np.int64
-        ),
+        max_tokens=np.ascontiguousarray(max_tokens, dtype=np.int64),
         name=name or path.name.split(".")[0],
         meta={"source": str(path), "format": fmt, **(meta or {})},
         **extra,  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from sandbox.trace_formats.checks import (
     _read_csv,
     _relative_sorted,
     _workload,
+    client_cap,
 )
 from sandbox.workload import Workload, WorkloadError
 
@@ -88,5 +89,12 @@ def _load_lengths(
     replace = count > len(prompt)
     idx = rng.choice(len(prompt), size=count, replace=replace)
     return _workload(
-        path, "lengths", arrivals, prompt[idx], output[idx], name, meta={"arrivals": how}
+        path,
+        "lengths",
+        arrivals,
+        prompt[idx],
+        output[idx],
+        name,
+        max_tokens=client_cap(output),  # the file's, not the sample's: one cap per trace
+        meta={"arrivals": how},
     )

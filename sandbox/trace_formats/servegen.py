@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sandbox.trace_formats.checks import _workload
+from sandbox.trace_formats.checks import _workload, client_cap
 from sandbox.workload import Workload, WorkloadError
 
 SERVEGEN_WINDOW_S = 600.0
@@ -122,6 +122,8 @@ def _load_servegen(
     if "output_tokens" not in fields:
         raise WorkloadError(f"{lpath}: pool {pool} has no output_tokens distribution")
     output = _sample_pmf(pmf, "output_tokens", n, rng)
+    # The cap comes from the distribution, not the sample: one cap per pool.
+    support = pmf[(pmf["field"] == "output_tokens") & (pmf["prob"] > 0)]["value"]
     return _workload(
         path,
         "servegen",
@@ -129,5 +131,6 @@ def _load_servegen(
         np.maximum(prompt, 1),
         np.maximum(output, 1),
         name or f"servegen-{pool}",
+        max_tokens=client_cap(support.to_numpy()),
         meta={"pool": pool, "start_s": start_s, "end_s": end_s, "seed": seed},
     )

@@ -1,4 +1,9 @@
-"""Our own telemetry (the router's Parquet log) replayed as a Workload."""
+"""Our own telemetry (the router's Parquet log) replayed as a Workload, and back.
+
+``workload_frame`` is the inverse of the reader: any Workload (a trace in any format,
+or a part of one) as telemetry rows, the form of a window file (``sandbox.windows``),
+so a user's own trace can be replayed as window scenarios.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import numpy as np
 
 from sandbox.trace_formats.checks import _workload
 from sandbox.workload import Workload, WorkloadError
+from serving.contract import DEFAULT_MAX_OUTPUT_TOKENS
 
 
 def _load_telemetry(
@@ -48,7 +54,11 @@ def _from_frame(
     # would have: its logged output is a lower bound on its demand, kept >= 1 token.
     logged = frame["output_tokens"].to_numpy(dtype=np.int64)
     output = np.maximum(logged, 1)
-    max_tokens = np.maximum(frame["max_tokens"].to_numpy(dtype=np.int64), output)
+    # What the router's policy was told: the client's max_tokens (no engine generates
+    # past it), or, where the client set none (logged as 0), the router's default, which
+    # says nothing about the request's length.
+    asked = frame["max_tokens"].to_numpy(dtype=np.int64)
+    max_tokens = np.where(asked > 0, np.maximum(asked, output), DEFAULT_MAX_OUTPUT_TOKENS)
     hashes: tuple[tuple[int, ...], ...] = ()
     block = 16
     has = frame["prefix_hashes"].map(len).to_numpy() > 0
@@ -75,4 +85,38 @@ def _from_frame(
         prefix_hashes=hashes,
         prefix_block_tokens=block,
         session_ids=session_ids,
+    )
+
+
+def workload_frame(w: Workload, start_unix_s: float = 0.0):
+    """``w`` as a telemetry frame (``serving.telemetry.TELEMETRY_SCHEMA`` columns).
+
+    Keeps what a replay reads back (``_from_frame``): arrival (``start_unix_s`` plus
+    the workload's own times), prompt, output and max tokens, prefix hashes with their
+    block size, session ids. Every row is ``ok`` (it is demand, not an outcome) and
+    served by no replica; latencies are NaN: the trace did not measure them here.
+    """
+    import pandas as pd
+
+    n = len(w)
+    nan = np.full(n, np.nan)
+    hashes = list(w.prefix_hashes) if w.prefix_hashes else [()] * n
+    return pd.DataFrame(
+        {
+            "request_id": [f"{w.name}-{i}" for i in range(n)],
+            "arrival_unix_s": start_unix_s + w.arrival_s.astype(np.float64),
+            "prompt_tokens": w.prompt_tokens.astype(np.int64),
+            "output_tokens": w.output_tokens.astype(np.int64),
+            "max_tokens": w.max_tokens.astype(np.int64),
+            "ttft_s": nan,
+            "tpot_s": nan,
+            "e2e_s": nan,
+            "queue_s": nan,
+            "replica": "",
+            "policy_version": "",
+            "status": "ok",
+            "prefix_block_tokens": np.full(n, w.prefix_block_tokens, dtype=np.int32),
+            "prefix_hashes": [list(h) for h in hashes],
+            "session_id": list(w.session_ids) if w.session_ids else [""] * n,
+        }
     )
