@@ -46,7 +46,13 @@ class LLMDouble:
 
             def do_POST(self) -> None:
                 n = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(n) or b"{}")
+                raw = self.rfile.read(n)
+                if len(raw) < n:
+                    # The client hung up mid-request (a run's end closes its client under
+                    # a request still being sent): no request arrived, so none is recorded.
+                    self.close_connection = True
+                    return
+                body = json.loads(raw or b"{}")
                 user = str(body.get("user", ""))
                 with double.lock:
                     k = double.attempts[user]
