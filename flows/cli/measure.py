@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, fail, funnel_table, progress, write_json
+from flows.cli.output import console, fail, funnel_table, progress, write_json
 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
 SplitOpt = Annotated[str, typer.Option(help="train, or test (stretches evolution never sees).")]
@@ -288,7 +288,7 @@ def bench_evolution(
 ) -> None:
     """Evolve on each scenario's train stretch; judge the champion on its test stretches
     against the best baseline there (the reference is never the seed)."""
-    from flows.cli_control import quiet_defaults
+    from flows.cli.control import quiet_defaults
     from flows.evolution.benchmark import EvolutionBench, bench_evolution, log_to_mlflow
     from flows.evolution.llm_local import llm_config
     from sandbox.objectives import Objective

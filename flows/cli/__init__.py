@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, write_json
-from flows.cli_output import fail as _fail
-from flows.cli_output import progress as _progress
+from flows.cli.output import console, write_json
+from flows.cli.output import fail as _fail
+from flows.cli.output import progress as _progress
 
 app = typer.Typer(help="Autopoiesis: LLM serving policies as living code.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks, each printed as a table and optionally saved as JSON.")
@@ -385,26 +385,26 @@ def main() -> None:
     app()
 
 
-from flows.cli_serving import register as _register_serving  # noqa: E402
+from flows.cli.serving import register as _register_serving  # noqa: E402
 
 _register_serving(app, bench_app)
 
 
-from flows.cli_evolve import register as _register_evolve  # noqa: E402
+from flows.cli.evolve import register as _register_evolve  # noqa: E402
 
 _register_evolve(app, bench_app)
 
 
-from flows.cli_control import register as _register_control  # noqa: E402
+from flows.cli.control import register as _register_control  # noqa: E402
 
 _register_control(app)
 
 
-from flows.cli_replay import register as _register_replay  # noqa: E402
+from flows.cli.replay import register as _register_replay  # noqa: E402
 
 _register_replay(app)
 
 
-from flows.cli_measure import register as _register_measure  # noqa: E402
+from flows.cli.measure import register as _register_measure  # noqa: E402
 
 _register_measure(app, bench_app)

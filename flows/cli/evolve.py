@@ -13,9 +13,9 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from flows.cli_output import console, funnel_table, write_json
-from flows.cli_output import fail as _fail
-from flows.cli_output import progress as new_progress
+from flows.cli.output import console, funnel_table, write_json
+from flows.cli.output import fail as _fail
+from flows.cli.output import progress as new_progress
 
 if TYPE_CHECKING:
     from flows.evolution.config import EvolutionConfig
@@ -204,7 +204,7 @@ def evolve(
     def opened(evo: Evolution) -> None:
         console.print(f"run dir: {run_dir}{' (resuming)' if evo.resumed else ''}")
 
-    from flows.cli_control import quiet_defaults
+    from flows.cli.control import quiet_defaults
 
     # The run is a Prefect flow run (flow ``evolve``, named after the run directory) and
     # each evaluation a task on the thread pool or the Dask cluster: the Prefect UI lists
@@ -350,7 +350,7 @@ def bench_fanout(
     """Evaluations per hour: Prefect's thread pool vs a local Dask cluster, same batch."""
     from flows.bench_fanout import FanoutBenchConfig
     from flows.bench_fanout import bench_fanout as run
-    from flows.cli_control import quiet_defaults
+    from flows.cli.control import quiet_defaults
 
     quiet_defaults()
     cfg = FanoutBenchConfig(candidates=candidates, workers=workers, rounds=rounds,

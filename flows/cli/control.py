@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, fail, write_json
+from flows.cli.output import console, fail, write_json
 
 
 def quiet_defaults() -> None:

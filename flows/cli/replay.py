@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import cell, console, write_json
-from flows.cli_output import fail as _fail
+from flows.cli.output import cell, console, write_json
+from flows.cli.output import fail as _fail
 
 ROWS = (
     ("requests", "requests", 1.0, "{:.0f}"),
