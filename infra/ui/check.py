@@ -268,7 +268,7 @@ def check_registry(ml: MlflowAPI) -> list[dict[str, Any]]:
     return versions
 
 
-def run_cli_evolve(env: dict[str, str]) -> None:
+def run_evolve_command(env: dict[str, str]) -> None:
     cmd = [
         str(BIN / "autopoiesis"),
         "evolve",
@@ -400,7 +400,7 @@ def main() -> int:
         deps = check_deployments(api)
         check_pull(api, deps)
         evo, evo_run = _check_deployment_chain(api, ml, deps, svc)
-        run_cli_evolve(env)
+        run_evolve_command(env)
         cli = [r for r in api.flow_runs("evolve") if r["name"] == "cli-evolve"]
         expect(cli, "the CLI's evolve appears in Prefect as a flow run of flow evolve")
         linked_evolution(api, ml, cli[0], "CLI")

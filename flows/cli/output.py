@@ -1,7 +1,6 @@
 """What every ``autopoiesis`` command prints and writes: one console, errors, progress, JSON.
 
-Shared by ``flows/cli.py`` and the command modules it registers (``cli_serving``,
-``cli_evolve``, ``cli_control``, ``cli_replay``), so they look and fail alike.
+Shared by every command module of ``flows/cli/``, so they look and fail alike.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +18,8 @@ from rich.table import Table
 
 # Piped output (CI logs, files) gets room for the wide benchmark tables.
 console = Console() if sys.stdout.isatty() else Console(width=160)
+
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
 
 
 def fail(message: str) -> NoReturn:
@@ -47,6 +48,13 @@ def cell(
     if value is None or not math.isfinite(value):
         return missing
     return fmt.format(value * scale)
+
+
+def fmt(value: object) -> str:
+    """A figure as a table cell: floats to 4 significant digits (``nan`` kept), else its text."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
 
 
 def funnel_table(kinds: dict[str, dict[str, int]]) -> Table:

@@ -1,6 +1,8 @@
-"""``autopoiesis evolve``, ``autopoiesis llm serve-local`` and ``autopoiesis bench fanout``.
+"""``autopoiesis evolve``: options to a config, the run as a Prefect flow, the report.
 
-Registered onto the main app by one line at the bottom of ``flows/cli.py``.
+``evolve`` reads as its steps: the suites (``_suites``, or ``_trace_split`` with
+``--trace``) and the config from the options, ``_run`` (``run_evolution`` with a rich
+progress display) and ``_report`` (the summary; with ``--trace`` the held-out verdict).
 """
 
 from __future__ import annotations
@@ -13,18 +15,17 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from flows.cli_output import console, funnel_table, write_json
-from flows.cli_output import fail as _fail
-from flows.cli_output import progress as new_progress
+from flows.cli.output import console, fail, funnel_table, write_json
+from flows.cli.output import progress as new_progress
 
 if TYPE_CHECKING:
-    from flows.evolution.config import EvolutionConfig
+    from flows.evolution.config import ConfirmStage, EvolutionConfig, Suite
+    from flows.evolution.engine import Progress as Hooks
     from flows.trace_holdout import TraceSplit
+    from sandbox.objectives import Objective
 
-llm_app = typer.Typer(help="Local LLM for evolution (optional extra: pip install '.[llm]').")
 
-
-def _rich_progress(progress: Progress):
+def _rich_progress(progress: Progress) -> Hooks:
     from flows.evolution.engine import Progress as Hooks
 
     state: dict[str, int] = {}
@@ -43,13 +44,15 @@ def _rich_progress(progress: Progress):
         if row["generation"] > 0:
             kinds = " | ".join(
                 f"{k}: {c['proposed']} proposed, {c['evaluated']} evaluated, "
-                f"{c['improving']} improving" for k, c in row["kinds"].items())
-            progress.console.print(f"generation {row['generation']:.0f}: {kinds}",
-                                   highlight=False)
+                f"{c['improving']} improving"
+                for k, c in row["kinds"].items()
+            )
+            progress.console.print(f"generation {row['generation']:.0f}: {kinds}", highlight=False)
 
     return Hooks(start=start, advance=advance, generation=generation, report=report)
 
 
+# Long for its options: typer reads the command line from this signature.
 def evolve(
     scenarios: Annotated[
         str | None, typer.Option(help="Quick suite: comma-separated scenario names.")
@@ -58,8 +61,10 @@ def evolve(
         str | None,
         typer.Option(help="Full suite for the promising ('all', 'none', or names)."),
     ] = None,
-    scale: Annotated[float, typer.Option(
-        help="Scale of the quick suite (below 1 leaves the full suite's regime).")] = 1.0,
+    scale: Annotated[
+        float,
+        typer.Option(help="Scale of the quick suite (below 1 leaves the full suite's regime)."),
+    ] = 1.0,
     full_scale: Annotated[float, typer.Option(help="Scale of the full suite.")] = 1.0,
     generations: Annotated[int, typer.Option(help="Generations after the seeds.")] = 4,
     population: Annotated[int, typer.Option(help="Candidates per generation.")] = 4,
@@ -98,113 +103,164 @@ def evolve(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     llm_timeout: Annotated[float, typer.Option(help="Seconds per LLM call.")] = 300.0,
     max_tokens: Annotated[int, typer.Option(help="Completion cap per LLM call.")] = 2048,
-    llm_wait: Annotated[float, typer.Option(
-        help="Seconds a slot waits for the LLM before search takes it (0: never).")] = 0.0,
-    llm_wait_always: Annotated[bool, typer.Option(
-        help="Every slot waits for one LLM answer: reproducible, as slow as the LLM.")] = False,
+    llm_wait: Annotated[
+        float,
+        typer.Option(help="Seconds a slot waits for the LLM before search takes it (0: never)."),
+    ] = 0.0,
+    llm_wait_always: Annotated[
+        bool,
+        typer.Option(help="Every slot waits for one LLM answer: reproducible, as slow as the LLM."),
+    ] = False,
     llm_concurrency: Annotated[int, typer.Option(help="LLM requests in flight at once.")] = 1,
-    llm_compose: Annotated[bool | None, typer.Option(
-        "--llm-compose/--llm-edit",
-        help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
-        "schema) rather than for an edit of its code (default: compose with --llm local).",
-    )] = None,
-    confirm_top_k: Annotated[int, typer.Option(
-        help="Replay stage: confirm the best K challengers through the live router (0: off)."
-    )] = 0,
-    confirm_engines: Annotated[str, typer.Option(
-        help="Replay stage engines: simulated, or engine URLs (comma-separated)."
-    )] = "simulated",
+    llm_compose: Annotated[
+        bool | None,
+        typer.Option(
+            "--llm-compose/--llm-edit",
+            help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
+            "schema) rather than for an edit of its code (default: compose with --llm local).",
+        ),
+    ] = None,
+    confirm_top_k: Annotated[
+        int,
+        typer.Option(
+            help="Replay stage: confirm the best K challengers through the live router (0: off)."
+        ),
+    ] = 0,
+    confirm_engines: Annotated[
+        str, typer.Option(help="Replay stage engines: simulated, or engine URLs (comma-separated).")
+    ] = "simulated",
     confirm_requests: Annotated[int, typer.Option(help="Replay stage: requests replayed.")] = 200,
-    confirm_time_scale: Annotated[float, typer.Option(
-        help="Replay stage, simulated engines: wall seconds per model second.")] = 1.0,
+    confirm_time_scale: Annotated[
+        float, typer.Option(help="Replay stage, simulated engines: wall seconds per model second.")
+    ] = 1.0,
     objective: Annotated[str, typer.Option(help="slo, capacity or cost (sandbox.objectives).")] = (
         "slo"
     ),
     target: Annotated[float, typer.Option(help="capacity: SLO attainment to keep.")] = 0.90,
-    gpu_budget: Annotated[float, typer.Option(
-        help="cost: GPU time allowed, as a share of the starting plan's.")] = 0.75,
-    trace: Annotated[Path | None, typer.Option(
-        help="Evolve on the earlier part of this trace (any format), judge on the rest.")] = None,
-    cluster: Annotated[str | None, typer.Option(
-        help="With --trace: MODEL@COUNTxGPU,... (default: H100s sized to the trace).")] = None,
+    gpu_budget: Annotated[
+        float, typer.Option(help="cost: GPU time allowed, as a share of the starting plan's.")
+    ] = 0.75,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evolve on the earlier part of this trace (any format), judge on the rest."
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="With --trace: MODEL@COUNTxGPU,... (default: H100s sized to the trace)."),
+    ] = None,
     holdout: Annotated[float, typer.Option(help="With --trace: share held out.")] = 0.25,
     max_requests: Annotated[int | None, typer.Option(help="With --trace: its first N.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
 ) -> None:
     """Evolve routing policies in the sandbox; register the best as the MLflow challenger."""
-    from flows.evolution.config import (
-        FULL_SUITE,
-        QUICK_SUITE,
-        Budget,
-        ConfirmStage,
-        EvolutionConfig,
-    )
-    from flows.evolution.config import Suite as SuiteCfg
-    from flows.evolution.engine import Evolution, EvolutionError
+    from flows.evolution.config import Budget, EvolutionConfig
     from flows.evolution.llm_local import llm_config
-    from flows.evolution.run import run_evolution
-    from flows.evolution.tracking import Tracker
-    from sandbox.backends import SandboxUnavailable
-    from sandbox.objectives import Objective
-    from sandbox.scenarios import SCENARIO_NAMES
-
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(n.strip() for n in text.split(",") if n.strip())
 
     if task_runner not in ("threads", "dask"):
-        _fail(f"unknown task runner {task_runner!r} (threads or dask)")
-    try:
-        chosen = Objective(objective, target=target, gpu_budget=gpu_budget)
-    except ValueError as e:
-        _fail(f"--objective: {e}")
-    wdir = str(windows_dir.resolve()) if windows_dir else None
+        fail(f"unknown task runner {task_runner!r} (threads or dask)")
+    chosen = _objective(objective, target, gpu_budget)
     run_dir = run_dir or Path("mlruns") / "evolution" / time.strftime("evo-%Y%m%d-%H%M%S")
-    split = _trace_split(trace, cluster, holdout, max_requests, windows_dir or run_dir / "windows",
-                         scenarios or full_scenarios)
-    quick = (
-        split.quick_suite(scale) if split
-        else SuiteCfg(names(scenarios), (0,), scale, windows_dir=wdir) if scenarios
-        else SuiteCfg(QUICK_SUITE.scenarios, QUICK_SUITE.seeds, scale)
+    split = _trace_split(
+        trace,
+        cluster,
+        holdout,
+        max_requests,
+        windows_dir or run_dir / "windows",
+        scenarios or full_scenarios,
     )
-    if split or full_scenarios == "none":
-        full: SuiteCfg | None = None
-    elif full_scenarios in (None, "all"):
-        full = SuiteCfg(SCENARIO_NAMES, FULL_SUITE.seeds, full_scale)
-    else:
-        full = SuiteCfg(names(full_scenarios), FULL_SUITE.seeds, full_scale)
-    try:
-        confirm = ConfirmStage(top_k=confirm_top_k, target=confirm_engines,
-                               requests=confirm_requests, time_scale=confirm_time_scale)
-    except ValueError as e:
-        _fail(f"--confirm-engines: {e}")
+    quick, full = _suites(split, scenarios, full_scenarios, scale, full_scale, windows_dir)
+    confirm = _confirm_stage(confirm_top_k, confirm_engines, confirm_requests, confirm_time_scale)
+    # The config: every option maps to one field (flows.evolution.config).
     cfg = EvolutionConfig(
-        quick=quick,
-        full=full,
-        generations=generations,
-        population=population,
-        islands=islands,
-        seed=seed,
-        tune_trials=tune_trials,
-        backend=backend,
-        parallel=parallel,
+        quick=quick, full=full, generations=generations, population=population, islands=islands,
+        seed=seed, tune_trials=tune_trials, backend=backend, parallel=parallel,
         llm=llm_config(llm, model, llm_compose, timeout_s=llm_timeout, max_tokens=max_tokens),
         budget=Budget(tokens=budget_tokens, usd=budget_usd, wall_s=budget_wall),
         confirm=confirm,
-        llm_wait_s=None if llm_wait_always else llm_wait,
-        llm_concurrency=llm_concurrency,
+        llm_wait_s=None if llm_wait_always else llm_wait, llm_concurrency=llm_concurrency,
         objective=chosen,
-    )
+    )  # fmt: skip
     if llm == "local":
         # A 0.5B model on two shared CPU cores: prompt processing (20-100 tokens/s) dominates
         # and a small model is asked for a small edit of its parent, so the prompt carries
         # the parent alone, no other archived policy (about 2,200 tokens instead of 3,100).
         cfg = cfg.with_(prompt_top=0, prompt_diverse=0)
+    summary = _run(cfg, run_dir, task_runner=task_runner, dask_address=dask_address,
+                   dask_workers=dask_workers, tracking_uri=tracking_uri, champion=champion,
+                   fresh=fresh)  # fmt: skip
+    _report(summary, split, cfg, tracking_uri, json_out)
+
+
+def _objective(objective: str, target: float, gpu_budget: float) -> Objective:
+    from sandbox.objectives import Objective
+
+    try:
+        return Objective(objective, target=target, gpu_budget=gpu_budget)
+    except ValueError as e:
+        fail(f"--objective: {e}")
+
+
+def _suites(
+    split: TraceSplit | None,
+    scenarios: str | None,
+    full_scenarios: str | None,
+    scale: float,
+    full_scale: float,
+    windows_dir: Path | None,
+) -> tuple[Suite, Suite | None]:
+    """The quick suite every candidate runs, and the full one for the promising (or none)."""
+    from flows.evolution.config import FULL_SUITE, QUICK_SUITE, Suite
+    from sandbox.scenarios import SCENARIO_NAMES
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+
+    wdir = str(windows_dir.resolve()) if windows_dir else None
+    quick = (
+        split.quick_suite(scale) if split
+        else Suite(names(scenarios), (0,), scale, windows_dir=wdir) if scenarios
+        else Suite(QUICK_SUITE.scenarios, QUICK_SUITE.seeds, scale)
+    )  # fmt: skip
+    if split or full_scenarios == "none":
+        return quick, None
+    if full_scenarios in (None, "all"):
+        return quick, Suite(SCENARIO_NAMES, FULL_SUITE.seeds, full_scale)
+    return quick, Suite(names(full_scenarios), FULL_SUITE.seeds, full_scale)
+
+
+def _confirm_stage(top_k: int, engines: str, requests: int, time_scale: float) -> ConfirmStage:
+    from flows.evolution.config import ConfirmStage
+
+    try:
+        return ConfirmStage(top_k=top_k, target=engines, requests=requests, time_scale=time_scale)
+    except ValueError as e:
+        fail(f"--confirm-engines: {e}")
+
+
+def _run(
+    cfg: EvolutionConfig,
+    run_dir: Path,
+    *,
+    task_runner: str,
+    dask_address: str | None,
+    dask_workers: int,
+    tracking_uri: str | None,
+    champion: str | None,
+    fresh: bool,
+) -> dict:
+    """The evolution, with its progress shown; its summary."""
+    from flows.cli.control import quiet_defaults
+    from flows.evolution.engine import Evolution, EvolutionError
+    from flows.evolution.run import run_evolution
+    from flows.evolution.tracking import Tracker
+    from sandbox.backends import SandboxUnavailable
+
     progress = new_progress()
 
     def opened(evo: Evolution) -> None:
         console.print(f"run dir: {run_dir}{' (resuming)' if evo.resumed else ''}")
-
-    from flows.cli_control import quiet_defaults
 
     # The run is a Prefect flow run (flow ``evolve``, named after the run directory) and
     # each evaluation a task on the thread pool or the Dask cluster: the Prefect UI lists
@@ -214,14 +270,24 @@ def evolve(
     quiet_defaults()
     try:
         with progress:
-            summary = run_evolution(
+            return run_evolution(
                 cfg, run_dir, fanout="dask" if task_runner == "dask" else "prefect",
                 flow_name="evolve", dask_address=dask_address, dask_workers=dask_workers,
                 on_open=opened, tracker=Tracker(tracking_uri), champion=_champion(champion),
                 progress=_rich_progress(progress), fresh=fresh,
-            )
+            )  # fmt: skip
     except (EvolutionError, SandboxUnavailable) as e:
-        _fail(str(e))
+        fail(str(e))
+
+
+def _report(
+    summary: dict,
+    split: TraceSplit | None,
+    cfg: EvolutionConfig,
+    tracking_uri: str | None,
+    json_out: Path | None,
+) -> None:
+    """The summary and funnel; with ``--trace`` the held-out verdict; ``--json``."""
     _print_summary(summary)
     if split:
         summary["holdout"] = _judge_holdout(split, summary, cfg, tracking_uri)
@@ -261,10 +327,10 @@ def _trace_split(
     """``--trace``: the trace cut into train and test windows (``flows.trace_holdout``)."""
     if trace is None:
         if cluster or max_requests is not None:
-            _fail("--cluster and --max-requests go with --trace")
+            fail("--cluster and --max-requests go with --trace")
         return None
     if suites:
-        _fail("--trace makes the suite from the trace: drop --scenarios/--full-scenarios")
+        fail("--trace makes the suite from the trace: drop --scenarios/--full-scenarios")
     from flows.trace_holdout import prepare
 
     try:
@@ -272,7 +338,7 @@ def _trace_split(
             trace, windows_dir, cluster=cluster, holdout=holdout, max_requests=max_requests
         )
     except ValueError as e:  # the trace's own errors name its file
-        _fail(str(e))
+        fail(str(e))
     console.print(
         f"trace {trace}: {split.train_requests} requests to evolve on, "
         f"{split.test_requests} held out ({holdout:.0%} of its span); cluster "
@@ -302,74 +368,8 @@ def _judge_holdout(
                 parallel=cfg.parallel,
             )
     except (ValueError, SandboxUnavailable) as e:
-        _fail(f"holdout: {e}")
+        fail(f"holdout: {e}")
     report["candidate"] = summary["best_candidate"]
     console.print(holdout_table(report))
     record_holdout(report, Path(summary["run_dir"]), summary.get("mlflow_run_id"), tracking_uri)
     return report
-
-
-@llm_app.command("serve-local")
-def serve_local(
-    model: Annotated[
-        str, typer.Option(help="qwen (Qwen2.5-Coder-0.5B), qwen1.5b (1.5B, after `make llm "
-                          "MODEL=qwen1.5b`) or smollm (SmolLM2-135M).")
-    ] = "qwen",
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8765,
-    ctx: Annotated[int, typer.Option(help="Context length.")] = 8192,
-    threads: Annotated[int, typer.Option(
-        help="CPU threads; 1 beside the sandbox (more than free cores stalls llama.cpp).")] = 1,
-) -> None:
-    """Serve a small local model over the OpenAI API (needs `make llm`); Ctrl-C stops it."""
-    from flows.evolution.llm_local import LocalModelMissing, LocalServerFailed, serve_forever
-
-    try:
-        serve_forever(
-            model=model,
-            host=host,
-            port=port,
-            ctx=ctx,
-            threads=threads,
-            log=lambda m: console.print(m, highlight=False),
-        )
-    except KeyboardInterrupt:
-        console.print("stopped the local LLM server (interrupted)", highlight=False)
-        raise typer.Exit(130) from None
-    except (LocalModelMissing, LocalServerFailed) as e:
-        _fail(str(e))
-
-
-def bench_fanout(
-    workers: Annotated[int, typer.Option(help="Dask workers and thread-pool width.")] = 2,
-    candidates: Annotated[int, typer.Option(help="Evaluations per runner per round.")] = 12,
-    rounds: Annotated[int, typer.Option(help="Alternating rounds of both runners.")] = 2,
-    backend: Annotated[str, typer.Option(help="Sandbox backend: process or docker.")] = "process",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results.")] = None,
-) -> None:
-    """Evaluations per hour: Prefect's thread pool vs a local Dask cluster, same batch."""
-    from flows.bench_fanout import FanoutBenchConfig
-    from flows.bench_fanout import bench_fanout as run
-    from flows.cli_control import quiet_defaults
-
-    quiet_defaults()
-    cfg = FanoutBenchConfig(candidates=candidates, workers=workers, rounds=rounds,
-                            backend=backend)
-    with console.status("fanning out sandboxed evaluations") as status:
-        out = run(cfg, progress=lambda m: (status.update(m), console.print(m, highlight=False)))
-    table = Table(title=f"Evaluation fan-out, {workers} workers, {backend} sandbox")
-    for col in ("runner", "evaluations/hour", "warm-up s", "startup s", "failed"):
-        table.add_column(col, justify="right" if col != "runner" else "left")
-    for kind, s in out["runners"].items():
-        table.add_row(kind, f"{s['evaluations_per_hour']:.0f}", f"{s['warmup_s']:.1f}",
-                      f"{s['startup_s']:.1f}", str(s["failed"]))
-    console.print(table)
-    if "dask_vs_threads" in out:
-        console.print(f"dask / threads: {out['dask_vs_threads']:.2f}")
-    write_json(json_out, out)
-
-
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    app.command("evolve")(evolve)
-    app.add_typer(llm_app, name="llm")
-    bench_app.command("fanout")(bench_fanout)

@@ -1,6 +1,6 @@
-"""``autopoiesis bench compare``, ``bench capacity`` and ``bench headroom``: honest measures.
+"""``autopoiesis bench compare``, ``capacity``, ``headroom``, ``evolution``: honest measures.
 
-Registered onto the main app by one line at the bottom of ``flows/cli.py``. Every
+Registered with every other ``bench`` subcommand in ``flows/cli/bench.py``. Every
 figure is on a named split (``test`` by default: stretches evolution never sees) and
 against every baseline, never against a seed policy.
 """
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, fail, funnel_table, progress, write_json
+from flows.cli.output import JsonOut, console, fail, funnel_table, progress, write_json
 
-JsonOut = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")]
+if TYPE_CHECKING:
+    from sandbox.compare import ScenarioComparison
+    from sandbox.headroom import Headroom
+
 SplitOpt = Annotated[str, typer.Option(help="train, or test (stretches evolution never sees).")]
 SeedsOpt = Annotated[str, typer.Option(help="Comma-separated seeds (each a trace stretch).")]
 ScaleOpt = Annotated[float, typer.Option(help="Scenario scale (1 = full size).")]
@@ -162,6 +165,19 @@ def bench_capacity(
     except (ValueError, SandboxUnavailable) as exc:
         fail(str(exc))
     row = comparison.scenarios[0]
+    console.print(_capacity_grid(name, row, scenario, split, target))
+    console.print(
+        f"{name}: {row.policy.objective:.3f}x the scenario's rate; best baseline "
+        f"{row.best_baseline_name} {row.best_baseline:.3f}x; ratio {_ratio(row.ratio)}",
+        highlight=False,
+    )
+    write_json(json_out, comparison.to_dict())
+
+
+def _capacity_grid(
+    name: str, row: ScenarioComparison, scenario: str, split: str, target: float
+) -> Table:
+    """The policy, then every baseline by capacity: x rate, req/s, attainment at 1x."""
     grid = Table(title=f"SLO capacity on {scenario} ({split} split, attainment >= {target:g})")
     for col in ("policy", "x rate", "req/s", "attainment at 1x"):
         grid.add_column(col, justify="left" if col == "policy" else "right")
@@ -176,13 +192,7 @@ def bench_capacity(
             f"{entry.metrics.get('capacity_rps', math.nan):.2f}",
             f"{entry.metrics.get('slo_attainment', math.nan):.3f}",
         )
-    console.print(grid)
-    console.print(
-        f"{name}: {row.policy.objective:.3f}x the scenario's rate; best baseline "
-        f"{row.best_baseline_name} {row.best_baseline:.3f}x; ratio {_ratio(row.ratio)}",
-        highlight=False,
-    )
-    write_json(json_out, comparison.to_dict())
+    return grid
 
 
 def bench_headroom(
@@ -219,7 +229,22 @@ def bench_headroom(
                 bar.update(task, advance=1)
     except ValueError as exc:
         fail(str(exc))
-    grid = Table(title=f"Headroom ({split} split, seeds {seeds}, scale {scale:g})")
+    console.print(_headroom_grid(rows, f"Headroom ({split} split, seeds {seeds}, scale {scale:g})"))
+    write_json(
+        json_out,
+        {
+            "split": split,
+            "seeds": list(seed_list),
+            "scale": scale,
+            "target": target,
+            "scenarios": [h.to_dict() for h in rows],
+        },
+    )
+
+
+def _headroom_grid(rows: list[Headroom], title: str) -> Table:
+    """Per scenario: the best baseline, the clairvoyant reference, the bound, capacities."""
+    grid = Table(title=title)
     for col in (
         "scenario",
         "best baseline",
@@ -239,19 +264,10 @@ def bench_headroom(
             "-" if bc is None else f"{bc.value:.2f}x {bc.name}",
             "-" if cc is None else f"{cc.value:.2f}x {_label(cc.name)}",
         )
-    console.print(grid)
-    write_json(
-        json_out,
-        {
-            "split": split,
-            "seeds": list(seed_list),
-            "scale": scale,
-            "target": target,
-            "scenarios": [h.to_dict() for h in rows],
-        },
-    )
+    return grid
 
 
+# Long for its options: typer reads the command line from this signature.
 def bench_evolution(
     scenarios: Annotated[str | None, typer.Option(help="Comma-separated; default all.")] = None,
     objective: Annotated[str, typer.Option(help="slo, capacity or cost.")] = "capacity",
@@ -272,11 +288,14 @@ def bench_evolution(
         str, typer.Option(help="none (search only), local (serve-local's URL), or a base URL.")
     ] = "none",
     model: Annotated[str | None, typer.Option(help="LLM model name(s).")] = None,
-    llm_compose: Annotated[bool | None, typer.Option(
-        "--llm-compose/--llm-edit",
-        help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
-        "schema) rather than for an edit of its code (default: compose with --llm local).",
-    )] = None,
+    llm_compose: Annotated[
+        bool | None,
+        typer.Option(
+            "--llm-compose/--llm-edit",
+            help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
+            "schema) rather than for an edit of its code (default: compose with --llm local).",
+        ),
+    ] = None,
     headroom: Annotated[
         bool, typer.Option(help="Also compute each scenario's clairvoyant reference (slower).")
     ] = False,
@@ -288,7 +307,7 @@ def bench_evolution(
 ) -> None:
     """Evolve on each scenario's train stretch; judge the champion on its test stretches
     against the best baseline there (the reference is never the seed)."""
-    from flows.cli_control import quiet_defaults
+    from flows.cli.control import quiet_defaults
     from flows.evolution.benchmark import EvolutionBench, bench_evolution, log_to_mlflow
     from flows.evolution.llm_local import llm_config
     from sandbox.objectives import Objective
@@ -338,10 +357,3 @@ def _print_evolution(out: dict) -> None:
     )
     kinds = {"llm": out["llm"], "llm (compose)": out["llm_compose"], **out["proposers"]}
     console.print(funnel_table(kinds))
-
-
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    bench_app.command("compare")(bench_compare)
-    bench_app.command("capacity")(bench_capacity)
-    bench_app.command("headroom")(bench_headroom)
-    bench_app.command("evolution")(bench_evolution)

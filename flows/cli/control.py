@@ -1,6 +1,5 @@
 """``autopoiesis pull``, ``promote``, ``demo`` and ``deploy``: the control plane's commands.
 
-Registered onto the main app by one line at the bottom of ``flows/cli.py``.
 Prefect and MLflow run embedded by default (a temporary local Prefect API,
 sqlite under ``mlruns/``); set ``PREFECT_API_URL`` / ``MLFLOW_TRACKING_URI`` to
 use servers.
@@ -15,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli_output import console, fail, write_json
+from flows.cli.output import console, fail, write_json
 
 
 def quiet_defaults() -> None:
@@ -49,8 +48,13 @@ def pull(
     quiet_defaults()
     from flows.prefect_flows import pull_telemetry
 
-    out = pull_telemetry(str(telemetry_dir), state_dir=str(state_dir), chain=chain,
-                         tracking_uri=tracking_uri, cluster=cluster)
+    out = pull_telemetry(
+        str(telemetry_dir),
+        state_dir=str(state_dir),
+        chain=chain,
+        tracking_uri=tracking_uri,
+        cluster=cluster,
+    )
     console.print(
         f"{out.get('requests', 0)} requests; trigger: {out.get('trigger')}; "
         + "; ".join(out.get("reasons") or [out.get("reason") or "no drift"]),
@@ -77,9 +81,16 @@ def promote(
 
     token = os.environ.get("AUTOPOIESIS_ADMIN_TOKEN")
     names = [s.strip() for s in scenarios.split(",")] if scenarios else None
-    out = promote_flow(challenger=challenger, scenarios=names, admin_url=admin_url,
-                       admin_token=token, telemetry_dir=telemetry_dir, dwell_s=dwell_s,
-                       margin=margin, tracking_uri=tracking_uri)
+    out = promote_flow(
+        challenger=challenger,
+        scenarios=names,
+        admin_url=admin_url,
+        admin_token=token,
+        telemetry_dir=telemetry_dir,
+        dwell_s=dwell_s,
+        margin=margin,
+        tracking_uri=tracking_uri,
+    )
     console.print(f"promoted: {out['promoted']}; " + "; ".join(out["reasons"]), highlight=False)
     write_json(json_out, out)
 
@@ -91,13 +102,17 @@ def demo(
     ),
     llm: Annotated[str, typer.Option(help="none (Optuna only) or an OpenAI base URL.")] = "none",
     quick: Annotated[bool, typer.Option(help="Shorter traffic (tests).")] = False,
-    engines: Annotated[str, typer.Option(
-        help="simulated (vLLM-compatible GPUs) or llamacpp (real SmolLM2-135M on CPU, a "
-        "lighter load; `make engines`).")] = "simulated",
+    engines: Annotated[
+        str,
+        typer.Option(
+            help="simulated (vLLM-compatible GPUs) or llamacpp (real SmolLM2-135M on CPU, a "
+            "lighter load; `make engines`)."
+        ),
+    ] = "simulated",
 ) -> None:
     """The closed loop on a live router: shift, drift, evolve, promote, before/after."""
     quiet_defaults()
-    from flows.demo import DemoConfig, on_cpu_engines, run_demo, verdict_line
+    from flows.demo import DemoConfig, on_cpu_engines, run_demo
 
     if engines not in ("simulated", "llamacpp"):
         fail(f"--engines must be simulated or llamacpp, not {engines!r}")
@@ -113,25 +128,58 @@ def demo(
             fail(f"llama.cpp engines unavailable: {why}")
         cfg = on_cpu_engines(cfg, quick)
     out = run_demo(cfg, log=lambda m: console.print(m, highlight=False))
-    table = Table(title="Live code traffic: before vs after the promoted champion, and the "
-                  "best static baseline replayed on the same requests")
-    for col in ("", "policy", "SLO attainment", "TTFT p50", "TTFT p99", "E2E p50", "E2E p99",
-                "requests"):
+    _print_demo(out)
+    write_json(json_out, out)
+    if out["control_error"]:
+        console.print(f"[red]control plane error:[/] {out['control_error']}")
+        raise typer.Exit(1)
+
+
+def _print_demo(out: dict) -> None:
+    """Before, after and the best static baseline on the same live traffic; the verdicts."""
+    from flows.demo import verdict_line
+
+    table = Table(
+        title="Live code traffic: before vs after the promoted champion, and the "
+        "best static baseline replayed on the same requests"
+    )
+    for col in (
+        "",
+        "policy",
+        "SLO attainment",
+        "TTFT p50",
+        "TTFT p99",
+        "E2E p50",
+        "E2E p99",
+        "requests",
+    ):
         table.add_column(col, justify="right")
     static = out["best_static"] or {}
-    rows = (("before", out["champion"], out["before"]),
-            ("after", f"v{out['promoted_version']}", out["after"]),
-            ("best static", static.get("name", "-"), static.get("metrics")))
+    rows = (
+        ("before", out["champion"], out["before"]),
+        ("after", f"v{out['promoted_version']}", out["after"]),
+        ("best static", static.get("name", "-"), static.get("metrics")),
+    )
     for label, policy, m in rows:
         if m:
-            table.add_row(label, policy, f"{m['slo_attainment']:.3f}", f"{m['ttft_p50_s']:.3f}s",
-                          f"{m['ttft_p99_s']:.3f}s", f"{m['e2e_p50_s']:.3f}s",
-                          f"{m['e2e_p99_s']:.3f}s", f"{m['requests']:.0f}")
+            table.add_row(
+                label,
+                policy,
+                f"{m['slo_attainment']:.3f}",
+                f"{m['ttft_p50_s']:.3f}s",
+                f"{m['ttft_p99_s']:.3f}s",
+                f"{m['e2e_p50_s']:.3f}s",
+                f"{m['e2e_p99_s']:.3f}s",
+                f"{m['requests']:.0f}",
+            )
     console.print(table)
     console.print(
         f"drift detected {out['drift_detected_s']}s after the shift; "
-        + (f"promoted v{out['promoted_version']} {out['promoted_s']}s after it"
-           if out["promoted_version"] else "nothing promoted"),
+        + (
+            f"promoted v{out['promoted_version']} {out['promoted_s']}s after it"
+            if out["promoted_version"]
+            else "nothing promoted"
+        ),
         highlight=False,
     )
     v = out["verdict"]
@@ -139,10 +187,6 @@ def demo(
     console.print(verdict_line("live vs best static", v["live_vs_best_static"]), highlight=False)
     console.print(f"MLflow UI:  mlflow ui --backend-store-uri {out['tracking_uri']}")
     console.print("Prefect UI: prefect server start   (then: autopoiesis deploy)")
-    write_json(json_out, out)
-    if out["control_error"]:
-        console.print(f"[red]control plane error:[/] {out['control_error']}")
-        raise typer.Exit(1)
 
 
 def deploy(
@@ -168,17 +212,15 @@ def deploy(
     deps = d.deployments(telemetry_dir, state_dir, pull_every_s, nightly_cron)
     if apply_only:
         ids = d.apply(deps, work_pool)
-        console.print(f"registered {', '.join(d.DEPLOYMENTS)} on work pool {work_pool} "
-                      f"({len(ids)} deployments); run them with: prefect worker start "
-                      f"--pool {work_pool}", highlight=False)
+        console.print(
+            f"registered {', '.join(d.DEPLOYMENTS)} on work pool {work_pool} "
+            f"({len(ids)} deployments); run them with: prefect worker start "
+            f"--pool {work_pool}",
+            highlight=False,
+        )
         return
-    console.print(f"serving {', '.join(d.DEPLOYMENTS)} from work pool {work_pool}; "
-                  "Ctrl-C stops", highlight=False)
+    console.print(
+        f"serving {', '.join(d.DEPLOYMENTS)} from work pool {work_pool}; Ctrl-C stops",
+        highlight=False,
+    )
     d.serve(deps, work_pool)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("pull")(pull)
-    app.command("promote")(promote)
-    app.command("demo")(demo)
-    app.command("deploy")(deploy)
