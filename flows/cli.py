@@ -54,7 +54,7 @@ def simulate(
     json_out: JsonOut = None,
 ) -> None:
     """Replay a scenario or a trace under one policy."""
-    from sandbox.scenario import Scenario, parse_cluster
+    from sandbox.scenario_spec import Scenario, parse_cluster
     from sandbox.scenarios import build_scenario
     from sandbox.simulator import PolicyFault
     from sandbox.simulator import simulate as run

@@ -25,7 +25,7 @@ llm_app = typer.Typer(help="Local LLM for evolution (optional extra: pip install
 
 
 def _rich_progress(progress: Progress):
-    from flows.evolution.engine import Progress as Hooks
+    from flows.evolution.loop import Progress as Hooks
 
     state: dict[str, int] = {}
 
@@ -140,8 +140,8 @@ def evolve(
         EvolutionConfig,
     )
     from flows.evolution.config import Suite as SuiteCfg
-    from flows.evolution.engine import Evolution, EvolutionError
     from flows.evolution.llm_local import llm_config
+    from flows.evolution.loop import Evolution, EvolutionError
     from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
     from sandbox.backends import SandboxUnavailable

@@ -48,12 +48,12 @@ from serving.hardware import UnknownHardware
 from serving.metrics_adapter import Scraper
 from serving.planning import SpecCost, capacities, deployable_specs
 from serving.policy_runtime import ActivePolicy, PolicyRuntime
-from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
+from serving.prompt_tokens import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
+from serving.recent_traffic import WindowTracker
 from serving.relay import DeferredHeadersResponse, SseRelay, engine_token_counts
 from serving.routing import NO_EXCLUSIONS, Held, RoutingCore, review_plan
 from serving.telemetry import TelemetryRow, TelemetryWriter
 from serving.upstream import Exchange, UpstreamError, UpstreamPool
-from serving.workload_window import WindowTracker
 
 log = logging.getLogger("autopoiesis.router")
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from sandbox import simulator as simulator_module
-from sandbox.scenario import ClusterSpec, Scenario
+from sandbox.scenario_spec import ClusterSpec, Scenario
 from sandbox.simulator import Simulation
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec, Request

@@ -58,7 +58,7 @@ from sandbox.replay.engines import (
 )
 from sandbox.replay.shots import workload_shots
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
-from sandbox.scenario import Scenario
+from sandbox.scenario_spec import Scenario
 from sandbox.transforms import head, time_slice
 from sandbox.workload import WorkloadError
 from serving.fleet import Fleet
