@@ -3,7 +3,7 @@
 ``watermark.json`` (the latest arrival already consumed), ``reference.json`` (the
 window the champion was evolved on: the drift test's sample and its scenarios),
 ``events.jsonl`` (one line per decision) and ``windows/`` (the pulled windows as
-content-addressed window files, ``sandbox.windows``).
+content-addressed window files, ``sandbox.window_scenarios``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.drift import WindowSample
-from flows.window import resolve_scenarios
+from flows.pulled_window import resolve_scenarios
 
 
 def load_state(path: Path, default: Any) -> Any:

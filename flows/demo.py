@@ -37,7 +37,7 @@ import numpy as np
 from flows.live import LiveSLO, live_metrics
 from flows.live_cluster import LiveCluster
 from serving.loadgen import Shot, run_load
-from serving.prompt import synth_prompt
+from serving.prompt_tokens import synth_prompt
 
 FLEET = ("H100", "A100")
 MODEL = "llama-3-8b"
@@ -126,7 +126,7 @@ def shots(kind: str, rate: float, start: float, duration: float, seed: int,
 def traffic_scenario(kind: str, rate: float, duration: float, seed: int,
                      cfg: DemoConfig | None = None):
     """The same traffic as a simulator scenario on the demo's fleet."""
-    from sandbox.scenario import Scenario, parse_cluster
+    from sandbox.scenario_spec import Scenario, parse_cluster
     from sandbox.workload import Workload
 
     cfg = cfg or DemoConfig()

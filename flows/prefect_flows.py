@@ -14,7 +14,7 @@ Scenarios: the pull flow saves each window's requests with the live fleet
 (``cluster``, a ``parse_cluster`` spec; default one H100 per replica seen) and
 hands ``evolve`` the window's replay and augmented variants plus the guard
 scenarios; the nearest catalogue scenarios are kept as the fallback, used when
-the window files are gone (``flows.window.resolve_scenarios``).
+the window files are gone (``flows.pulled_window.resolve_scenarios``).
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ from flows.control_tracking import log_control_run, window_plot
 from flows.drift import DriftConfig, WindowSample, detect
 from flows.live import AdminClient, WatchConfig, watch
 from flows.promotion import PromotionConfig, compare
-from flows.registry import CHALLENGER, CHAMPION, PolicyRegistry
-from flows.window import (
+from flows.pulled_window import (
     build_window,
     default_fleet,
     sample_from,
     scenarios_for,
     window_scenarios,
 )
+from flows.registry import CHALLENGER, CHAMPION, PolicyRegistry
 from serving.telemetry import read_telemetry
 
 DEFAULT_STATE = Path("mlruns") / "control"
@@ -113,7 +113,7 @@ def _save_windows(
     """Window files of the window's older part (what evolution sees) and of its newest
     part (held back: promotion judges the challenger on traffic it was not tuned on);
     (sha256 of the first, its scenarios, the held-back scenarios)."""
-    from sandbox.windows import save_window
+    from sandbox.window_scenarios import save_window
 
     cut = float(frame.arrival_unix_s.quantile(1 - HOLDOUT_FRACTION))
     learn, held = frame[frame.arrival_unix_s <= cut], frame[frame.arrival_unix_s > cut]

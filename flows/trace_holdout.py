@@ -3,7 +3,7 @@
 A user brings a trace in any format ``sandbox.traces.load_trace`` reads. ``prepare``
 cuts it by time (``sandbox.splits.split_by_time``): the earlier ``1 - holdout`` of its
 span is what evolution may see, the later ``holdout`` is held out. Each part becomes a
-content-addressed window file (``sandbox.windows``) on one fleet, so both are replayed as
+content-addressed window file (``sandbox.window_scenarios``) on one fleet, so both are replayed as
 window scenarios (the replay and its augmented variants) like a pulled live window:
 the train part is the run's quick suite, the test part judges the run's best candidate
 against every baseline (``judge``), never seen by the search. ``record_holdout`` keeps
@@ -54,13 +54,13 @@ class TraceSplit:
 
     @property
     def train_names(self) -> tuple[str, ...]:
-        from sandbox.windows import window_names
+        from sandbox.window_scenarios import window_names
 
         return window_names(self.train_sha, self.cluster)
 
     @property
     def test_names(self) -> tuple[str, ...]:
-        from sandbox.windows import window_names
+        from sandbox.window_scenarios import window_names
 
         return window_names(self.test_sha, self.cluster)
 
@@ -92,7 +92,7 @@ def fleet_for(w: Workload, model: str = DEFAULT_MODEL, gpu: str = DEFAULT_GPU) -
 
 def check_cluster(spec: str) -> str:
     """``spec`` itself, or a one-line ValueError naming it and what is wrong."""
-    from sandbox.scenario import parse_cluster
+    from sandbox.scenario_spec import parse_cluster
 
     try:
         cluster = parse_cluster(spec)
@@ -119,7 +119,7 @@ def prepare(
     from sandbox.trace_formats.telemetry import workload_frame
     from sandbox.traces import load_trace
     from sandbox.transforms import head
-    from sandbox.windows import save_window
+    from sandbox.window_scenarios import save_window
 
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be between 0 and 1 (exclusive), got {holdout:g}")

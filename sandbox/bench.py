@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sandbox.scenario import ClusterSpec, Scenario
+from sandbox.scenario_spec import ClusterSpec, Scenario
 from sandbox.scenarios import SCENARIO_NAMES, build_scenario
 from sandbox.simulator import PolicyFault, simulate
 from sandbox.traces import load_trace

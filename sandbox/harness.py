@@ -56,7 +56,7 @@ LOCAL_SCENARIOS: dict[str, Callable[[int], Any]] = {}
 def _tiny_scenario(seed: int, n: int = 300, rate: float = 20.0, name: str = "sandbox-tiny"):
     import numpy as np
 
-    from sandbox.scenario import ClusterSpec, Scenario
+    from sandbox.scenario_spec import ClusterSpec, Scenario
     from sandbox.trace_formats.checks import client_cap
     from sandbox.workload import Workload
     from serving.contract import Plan, ReplicaSpec
@@ -98,7 +98,7 @@ def build(
 ):
     """A scenario by name: a ``window:`` one, the catalogue's, then the local ones."""
     if name.startswith("window:"):
-        from sandbox.windows import build_window_scenario
+        from sandbox.window_scenarios import build_window_scenario
 
         return build_window_scenario(name, seed, scale=scale, directory=windows_dir)
     try:
@@ -194,7 +194,7 @@ def evaluate(req: EvalRequest) -> EvalResponse:
 def _build_scenarios(req: EvalRequest) -> dict[tuple[str, int], Any]:
     """Every (scenario, seed) of ``req``, built before any candidate code runs: a bad
     name is the caller's error (or the catalogue's), never the policy's; _Rejected."""
-    from sandbox.windows import WINDOWS_ENV, WindowIntegrityError
+    from sandbox.window_scenarios import WINDOWS_ENV, WindowIntegrityError
 
     def reject(stage: str, reason: str, **kw: Any) -> _Rejected:
         return _Rejected(EvalResponse.reject(req, stage, _one_line(reason), **kw))
@@ -346,7 +346,7 @@ def _preload() -> None:
 
     with contextlib.suppress(ImportError):
         import sandbox.scenarios
-        import sandbox.windows  # noqa: F401
+        import sandbox.window_scenarios  # noqa: F401
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from importlib import resources
 
 import numpy as np
 
-from sandbox.scenario import Scenario
+from sandbox.scenario_spec import Scenario
 from sandbox.scenarios import build_scenario
 from sandbox.simulator import simulate
 from sandbox.slo_capacity import CapacitySearch, nominal_rps, scenario_capacity

@@ -23,7 +23,7 @@ Stages:
 
 Scenario names are catalogue names (``sandbox.scenarios``), the harness's local
 ones, or ``window:<sha256 prefix>:<variant>``: a pulled live window replayed from
-its content-addressed file (``sandbox.windows``). ``windows_dir`` names the host
+its content-addressed file (``sandbox.window_scenarios``). ``windows_dir`` names the host
 folder of those files; the backend mounts it read-only into the sandbox (at
 ``/windows``), and the harness checks each file's sha256 against its name before
 use (a mismatch is an ``integrity`` rejection). The folder is not part of the key:

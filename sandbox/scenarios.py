@@ -44,11 +44,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sandbox.scenario import SLO, ClusterEvent, ClusterSpec, Scenario
+from sandbox.scenario_spec import SLO, ClusterEvent, ClusterSpec, Scenario
 from sandbox.splits import Split, check_split, pool_rows
 from sandbox.stretches import at_utilization, fleet_capacity, ramp, thin, trace, trace_segment
 from sandbox.transforms import concat, resample_lengths, time_slice
-from sandbox.windows import build_window_scenario, is_window_name
+from sandbox.window_scenarios import build_window_scenario, is_window_name
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec
 
@@ -422,12 +422,12 @@ def build_scenario(
 
     A ``window:<sha256 prefix>:<variant>`` name is a pulled live window replayed from
     its content-addressed file in ``windows_dir`` (default ``$AUTOPOIESIS_WINDOWS``):
-    see ``sandbox.windows``. A window file is already one side of the pull flow's split,
+    see ``sandbox.window_scenarios``. A window file is already one side of the pull flow's split,
     so ``split`` does not apply to it.
 
     Raises ValueError for an unknown name (listing the known ones), a bad scale or split,
     and WorkloadError when the shared traces (or the window file) are missing;
-    ``sandbox.windows.WindowIntegrityError`` when a window file does not match its hash.
+    ``sandbox.window_scenarios.WindowIntegrityError`` when a window file does not match its hash.
     """
     check_split(split)
     if is_window_name(name):

@@ -36,15 +36,15 @@ from sandbox.results import (
     RequestOutcomes,
     SimResult,
 )
-from sandbox.scenario import ClusterEvent, Scenario
+from sandbox.scenario_spec import ClusterEvent, Scenario
 from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
 from serving.engine import INF, Sequence
 from serving.engine_fast import make_engine
 from serving.planning import capacities, deployable_specs
 from serving.policy_loader import LoadedPolicy
+from serving.recent_traffic import WindowTracker
 from serving.routing import InvalidChoice, RoutingCore, review_plan
 from serving.steptime import step_time_model
-from serving.workload_window import WindowTracker
 
 Mode = Literal["fast", "reference"]
 

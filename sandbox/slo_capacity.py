@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from sandbox.scenario import Scenario
+from sandbox.scenario_spec import Scenario
 from sandbox.transforms import scale_rate
 
 

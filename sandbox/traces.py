@@ -47,10 +47,9 @@ from sandbox.trace_formats.servegen import SERVEGEN_WINDOW_S as SERVEGEN_WINDOW_
 from sandbox.trace_formats.servegen import _load_servegen
 from sandbox.trace_formats.telemetry import _load_telemetry
 from sandbox.workload import Workload, WorkloadError
+from serving.shared_data import SHARED_ENV, shared_dir
 
 FORMATS = ("azure", "vidur", "lengths", "mooncake", "servegen", "telemetry")
-
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TRACE_FILES: dict[str, str] = {
     "azure-code": "traces/azure_llm_2023/AzureLLMInferenceTrace_code.csv",
@@ -67,19 +66,6 @@ TRACE_FILES: dict[str, str] = {
 }
 
 
-def shared_dir() -> Path:
-    """The shared data folder: ``$AUTOPOIESIS_SHARED`` if set, else ``<repo>/../shared``.
-
-    Resolved at each call so tests and deployments can point it elsewhere.
-    """
-    env = os.environ.get("AUTOPOIESIS_SHARED")
-    return Path(env) if env else _REPO_ROOT.parent / "shared"
-
-
-SHARED_DIR = shared_dir()
-"""``shared_dir()`` at import time; prefer calling ``shared_dir()``."""
-
-
 def trace_path(name: str) -> Path:
     """The path of a named shared trace (``"azure-code"``, ``"mooncake"``, … see TRACE_FILES)."""
     if name not in TRACE_FILES:
@@ -87,7 +73,7 @@ def trace_path(name: str) -> Path:
     root = shared_dir()
     if not root.is_dir():
         raise WorkloadError(
-            f"shared data folder {root} is missing: set AUTOPOIESIS_SHARED or check out shared/ "
+            f"shared data folder {root} is missing: set {SHARED_ENV} or check out shared/ "
             "next to the repository"
         )
     path = root / TRACE_FILES[name]

@@ -36,7 +36,7 @@ import aiohttp
 from serving.fleet import free_port, wait_healthy
 from serving.loadgen import Shot, percentile, poisson_shots, run_load, summarize
 from serving.policy_loader import builtin_source
-from serving.prompt import synth_prompt
+from serving.prompt_tokens import synth_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ from serving.engine_metrics import VllmMetrics
 from serving.hardware import cold_start_s, kv_block_capacity
 from serving.openai_wire import chat_chunk, chunk, error_response, sse, token_text, token_usage
 from serving.process_tuning import install_uvloop
-from serving.prompt import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
+from serving.prompt_tokens import BLOCK_TOKENS, count_tokens, prefix_hashes, prompt_bytes
 from serving.steptime import step_time_model
 
 MetricNames = Literal["new", "old"]

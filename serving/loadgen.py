@@ -202,7 +202,7 @@ def poisson_shots(rate: float, duration_s: float, *, prompt_tokens: int = 64,
     """Poisson arrivals at ``rate`` req/s for ``duration_s``; prompts unique per request."""
     import random
 
-    from serving.prompt import synth_prompt
+    from serving.prompt_tokens import synth_prompt
 
     rng = random.Random(seed)
     shots, t, i = [], 0.0, 0

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from serving.prompt import BLOCK_TOKENS
+from serving.prompt_tokens import BLOCK_TOKENS
 
 # Normalised field -> where each engine reports it, newest spelling first. Each entry
 # is a tuple of metric names added up; the first entry whose names are all present wins.

@@ -57,7 +57,7 @@ async def start_router(
     """Start router and admin listeners in the running loop; port 0 picks a free one."""
     router = Router(fleet, runtime, config)
     token = admin_token or secrets.token_urlsafe(24)
-    admin = AdminAPI(runtime, token, registry=registry, on_swap=router.swap_ms.observe)
+    admin = AdminAPI(runtime, token, registry=registry, on_swap=router.telemetry.swap_ms.observe)
     port = port or free_port(host)
     admin_port = admin_port or free_port(admin_host)
     runners = []

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from serving.engine_server import EngineServer, EngineServerConfig
 from serving.fleet import free_port
-from serving.prompt import count_tokens, prefix_hashes, synth_prompt
+from serving.prompt_tokens import count_tokens, prefix_hashes, synth_prompt
 
 
 async def _serve(cfg: EngineServerConfig) -> tuple[EngineServer, web.AppRunner, str]:

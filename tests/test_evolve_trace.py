@@ -22,7 +22,7 @@ from sandbox.stretches import fleet_capacity
 from sandbox.trace_formats.telemetry import _from_frame, workload_frame
 from sandbox.traces import load_trace
 from sandbox.transforms import scale_rate
-from sandbox.windows import CLUSTER_KEY, build_window_scenario, window_names
+from sandbox.window_scenarios import CLUSTER_KEY, build_window_scenario, window_names
 from sandbox.workload import Workload
 from serving.contract import ReplicaSpec
 
@@ -58,7 +58,7 @@ def test_a_workload_survives_the_telemetry_frame_and_back():
 
 
 def test_a_window_file_of_a_trace_replays_that_trace(tmp_path):
-    from sandbox.windows import save_window
+    from sandbox.window_scenarios import save_window
 
     azure = load_trace(AZURE_CODE)
     sha = save_window(workload_frame(azure), "llama-3-8b@2xH100", tmp_path)

@@ -18,7 +18,7 @@ from sandbox.objectives import (
     slo_objective,
 )
 from sandbox.protocol import PROTOCOL_VERSION, EvalRequest, EvalResponse, ScenarioResult
-from sandbox.scenario import ClusterEvent
+from sandbox.scenario_spec import ClusterEvent
 from sandbox.simulator import simulate
 from serving.policy_loader import builtin_policy, builtin_source
 

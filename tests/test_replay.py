@@ -13,7 +13,7 @@ from sandbox.workload import Workload
 from serving.engine_server import EngineServer, EngineServerConfig
 from serving.fleet import free_port
 from serving.loadgen import run_load, summarize
-from serving.prompt import count_tokens, prefix_hashes
+from serving.prompt_tokens import count_tokens, prefix_hashes
 
 
 def _workload() -> Workload:

@@ -42,7 +42,7 @@ from sandbox.replay.stage import (
     summary_of,
 )
 from sandbox.replay.worker import run_isolated
-from sandbox.scenario import ClusterEvent, ClusterSpec, Scenario
+from sandbox.scenario_spec import ClusterEvent, ClusterSpec, Scenario
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec
 from serving.fleet import LocalFleet, free_port

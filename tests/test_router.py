@@ -272,10 +272,10 @@ def test_client_leaving_mid_stream_gives_cancelled_row_and_frees_the_replica(tmp
                 r.close()  # hang up mid-stream
             router = running.router
             for _ in range(100):
-                if router.requests.get("cancelled"):
+                if router.telemetry.requests.get("cancelled"):
                     break
                 await asyncio.sleep(0.02)
-            assert router.requests == {"cancelled": 1}
+            assert router.telemetry.requests == {"cancelled": 1}
             assert all(router.idle(rid) for rid in router.replicas)
             async with aiohttp.ClientSession() as s, \
                     s.post(f"{running.url}/v1/completions", json=COMPLETION) as r:

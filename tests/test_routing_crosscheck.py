@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from sandbox import simulator as simulator_module
-from sandbox.scenario import ClusterSpec, Scenario
+from sandbox.scenario_spec import ClusterSpec, Scenario
 from sandbox.simulator import Simulation
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec, Request
@@ -224,7 +224,7 @@ class RouterSide:
     async def start(self) -> None:
         router = self.router
         await router.fleet.apply(Plan((H1,) * 3, admission_limit=ADMISSION_LIMIT), router.idle)
-        router._sync_replicas()
+        router.replica_set.sync()
         self.kv_total = router.core.slot(0).kv_total
         for rid in (0, 1):  # warm at time 0, as the simulator's starting plan
             router.replicas[rid].healthy = True
@@ -245,7 +245,7 @@ class RouterSide:
 
     def _metrics(self, rid: int, values: tuple[int, int, int]) -> None:
         running, waiting, used = values
-        total = self.router._menu()[H1].kv_blocks
+        total = self.router.replica_set.menu()[H1].kv_blocks
         self.router.scraper.latest[rid] = EngineMetrics(
             running=running, waiting=waiting, kv_usage=used / total, kv_blocks_total=total,
             at=self.now,
@@ -253,7 +253,7 @@ class RouterSide:
 
     async def arrive(self, i: int, request: Request) -> None:
         self.requests[i] = request
-        self.waiters[i] = asyncio.create_task(self.router._route(request, NO_EXCLUSIONS))
+        self.waiters[i] = asyncio.create_task(self.router.dispatch.route(request, NO_EXCLUSIONS))
         await _settle()
 
     async def finish_oldest(self) -> None:
@@ -261,7 +261,7 @@ class RouterSide:
             return
         i = min(self.dispatched())
         replica, _ = self.waiters.pop(i).result()
-        self.router._release(replica, self.requests[i])
+        self.router.dispatch.release(replica, self.requests[i])
         await _settle()
 
     async def snapshot(self, values: dict[int, tuple[int, int, int]]) -> None:
@@ -273,11 +273,11 @@ class RouterSide:
     async def ready(self, rid: int) -> None:
         self.router.replicas[rid].healthy = True
         self._metrics(rid, (0, 0, 0))
-        self.router._drain()  # the end of the monitoring tick that found it healthy
+        self.router.dispatch.drain()  # the end of the monitoring tick that found it healthy
         await _settle()
 
     async def tick(self) -> None:
-        self.router._drain()
+        self.router.dispatch.drain()
         await _settle()
 
     def dispatched(self) -> dict[int, int]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from shared_support import require_shared
 
-from sandbox.scenario import Scenario
+from sandbox.scenario_spec import Scenario
 from sandbox.scenarios import (
     SCENARIO_NAMES,
     SCENARIO_REQUESTS,

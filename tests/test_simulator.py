@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sandbox.scenario import ClusterEvent, ClusterSpec, Scenario, parse_cluster
+from sandbox.scenario_spec import ClusterEvent, ClusterSpec, Scenario, parse_cluster
 from sandbox.simulator import PolicyFault, simulate
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sandbox.harness import build
-from sandbox.scenario import ClusterEvent
+from sandbox.scenario_spec import ClusterEvent
 from sandbox.simulator import simulate
 from sandbox.slo_capacity import (
     Capacity,
@@ -78,7 +78,7 @@ def test_at_rate_compresses_the_clock_events_included() -> None:
 
 def test_a_load_aware_policy_has_more_capacity_than_a_load_blind_one() -> None:
     # Unequal replicas (an H100 and an A100): round robin overloads the slower one first.
-    from sandbox.scenario import ClusterSpec
+    from sandbox.scenario_spec import ClusterSpec
     from serving.contract import Plan, ReplicaSpec
 
     pair = Plan((ReplicaSpec("H100"), ReplicaSpec("A100")))

@@ -15,10 +15,10 @@ from sandbox.traces import (
     detect_format,
     load_trace,
     poisson_arrivals,
-    shared_dir,
     trace_path,
 )
 from sandbox.workload import Workload, WorkloadError
+from serving.shared_data import shared_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"
 needs_shared = pytest.mark.shared("traces")

@@ -14,7 +14,7 @@ from sandbox_support import docker_backend, process_backend
 from sandbox.harness import evaluate as in_process
 from sandbox.protocol import EvalRequest, Limits
 from sandbox.scenarios import build_scenario
-from sandbox.windows import (
+from sandbox.window_scenarios import (
     VARIANTS,
     WindowIntegrityError,
     exists,
@@ -193,7 +193,7 @@ def test_docker_container_binds_windows_read_only(window):
 
 
 def test_flow_scenarios_use_the_window_and_fall_back_to_the_catalogue(window, tmp_path):
-    from flows.window import GUARD_SCENARIOS, resolve_scenarios, window_scenarios
+    from flows.pulled_window import GUARD_SCENARIOS, resolve_scenarios, window_scenarios
 
     d, sha = window
     scen = window_scenarios(sha, FLEET)
@@ -209,7 +209,7 @@ def test_flow_scenarios_use_the_window_and_fall_back_to_the_catalogue(window, tm
 def test_window_metric_names_are_ones_mlflow_accepts(tmp_path):
     from mlflow.utils.validation import _validate_metric_name
 
-    from flows.window import Window
+    from flows.pulled_window import Window
 
     w = Window(0.0, 1.0, 10, 10.0, 1.0, 5, 5, 5, 3, 3, 3, 0.0, 2,
                slo_by_version={"baseline:least_outstanding@a74f0c3f4459": 0.5, "7": 1.0})

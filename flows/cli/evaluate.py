@@ -15,7 +15,7 @@ from rich.table import Table
 from flows.cli.output import JsonOut, console, fail, fmt, progress, write_json
 
 if TYPE_CHECKING:
-    from sandbox.scenario import Scenario
+    from sandbox.scenario_spec import Scenario
     from serving.policy_loader import LoadedPolicy
 
 sandbox_app = typer.Typer(help="The evaluation sandbox for untrusted, LLM-written policies.")
@@ -97,7 +97,7 @@ def _scenario_or_trace(
     scenario: str | None, trace: Path | None, cluster: str, rate_scale: float, seed: int
 ) -> Scenario:
     """``--scenario`` by name, or ``--trace`` replayed on ``--cluster`` at ``--rate-scale``."""
-    from sandbox.scenario import Scenario, parse_cluster
+    from sandbox.scenario_spec import Scenario, parse_cluster
     from sandbox.scenarios import build_scenario
     from sandbox.traces import load_trace
     from sandbox.transforms import scale_rate

@@ -20,13 +20,13 @@ from flows.cli.output import progress as new_progress
 
 if TYPE_CHECKING:
     from flows.evolution.config import ConfirmStage, EvolutionConfig, Suite
-    from flows.evolution.engine import Progress as Hooks
+    from flows.evolution.loop import Progress as Hooks
     from flows.trace_holdout import TraceSplit
     from sandbox.objectives import Objective
 
 
 def _rich_progress(progress: Progress) -> Hooks:
-    from flows.evolution.engine import Progress as Hooks
+    from flows.evolution.loop import Progress as Hooks
 
     state: dict[str, int] = {}
 
@@ -252,7 +252,7 @@ def _run(
 ) -> dict:
     """The evolution, with its progress shown; its summary."""
     from flows.cli.control import quiet_defaults
-    from flows.evolution.engine import Evolution, EvolutionError
+    from flows.evolution.loop import Evolution, EvolutionError
     from flows.evolution.run import run_evolution
     from flows.evolution.tracking import Tracker
     from sandbox.backends import SandboxUnavailable

@@ -1,5 +1,5 @@
 """The evolution engine: LLM-written policies, Optuna-tuned constants, an archive, MLflow lineage.
 
-``engine.Evolution`` runs the loop; ``flows/cli/evolve.py`` exposes it as ``autopoiesis evolve``.
+``loop.Evolution`` runs the loop; ``flows/cli/evolve.py`` exposes it as ``autopoiesis evolve``.
 Every candidate is evaluated in the sandbox (``sandbox.backends``), never in this process.
 """

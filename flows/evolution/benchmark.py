@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.evolution.config import Budget, EvolutionConfig, LLMConfig, Suite
-from flows.evolution.engine import Progress as LoopProgress
+from flows.evolution.loop import Progress as LoopProgress
 from flows.evolution.proposals import STAGES
 from flows.evolution.run import open_evolution
 from sandbox.compare import Comparison, Setting, compare_to_baselines, sandboxed

@@ -27,7 +27,7 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     scale: float = 1.0
     windows_dir: str | None = None
-    """Folder of the window files that ``window:`` scenarios name (``sandbox.windows``).
+    """Folder of the window files that ``window:`` scenarios name (``sandbox.window_scenarios``).
     Not part of the digest: a window name's hash prefix already pins its content."""
     split: str = "train"
     """Which region of the traces the catalogue scenarios replay (``sandbox.splits``).

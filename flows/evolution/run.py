@@ -25,8 +25,8 @@ from typing import Any
 
 from flows.evolution.cascade import Cascade
 from flows.evolution.config import EvolutionConfig
-from flows.evolution.engine import Evolution, Progress
 from flows.evolution.journal import Journal
+from flows.evolution.loop import Evolution, Progress
 from flows.evolution.proposals import Mix, Proposer
 from flows.evolution.rundir import EvolutionError, RunDir
 from flows.evolution.search import TuningProposer

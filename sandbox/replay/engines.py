@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 
 import aiohttp
 
-from sandbox.scenario import ClusterSpec
+from sandbox.scenario_spec import ClusterSpec
 from serving.contract import Plan
 from serving.engine import EngineConfig
 from serving.fleet import DockerVllmFleet, Fleet, LocalFleet, StaticFleet

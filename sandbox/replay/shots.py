@@ -2,7 +2,7 @@
 
 Used by ``autopoiesis replay`` and the replay stage. Prompts are synthesised so
 that the router and the engines see the workload's token counts and prefix
-sharing under the byte tokenizer (``serving.prompt``); against a real engine
+sharing under the byte tokenizer (``serving.prompt_tokens``); against a real engine
 the token counts are approximate, since its tokenizer differs.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sandbox.workload import Workload
 from serving.loadgen import Shot
-from serving.prompt import BLOCK_TOKENS, synth_prompt
+from serving.prompt_tokens import BLOCK_TOKENS, synth_prompt
 
 
 def workload_shots(

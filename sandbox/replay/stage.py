@@ -58,7 +58,7 @@ from sandbox.replay.engines import (
 )
 from sandbox.replay.shots import workload_shots
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
-from sandbox.scenario import Scenario
+from sandbox.scenario_spec import Scenario
 from sandbox.transforms import head, time_slice
 from sandbox.workload import WorkloadError
 from serving.fleet import Fleet
@@ -281,16 +281,16 @@ async def replay(req: ReplayRequest, scenario: Scenario, policy: LoadedPolicy,
             await running.close()
         await fleet.close()
     live = summary_of(measured(scenario, policy.name, results, k, gpu[0]))
-    live["retries"] = float(running.router.retries)
+    live["retries"] = float(running.router.telemetry.retries)
     live["preemptions"] = after - before
-    live["replans"] = float(running.router.plans_applied)
+    live["replans"] = float(running.router.telemetry.plans_applied)
     out.summary = live
     client = summarize(results, load_wall_s)
     out.failures, out.errors = client.failed, client.errors
     out.fallbacks = dict(runtime.fallbacks)
     out.demotions = runtime.demotions
     out.reschedule_errors = runtime.reschedule_errors
-    out.plans_applied = running.router.plans_applied
+    out.plans_applied = running.router.telemetry.plans_applied
     out.max_send_lag_s = client.max_send_lag_ms / 1000 / k
     out.ok = True
 

@@ -1,7 +1,7 @@
 """Our own telemetry (the router's Parquet log) replayed as a Workload, and back.
 
 ``workload_frame`` is the inverse of the reader: any Workload (a trace in any format,
-or a part of one) as telemetry rows, the form of a window file (``sandbox.windows``),
+or a part of one) as telemetry rows, the form of a window file (``sandbox.window_scenarios``),
 so a user's own trace can be replayed as window scenarios.
 """
 

@@ -1,7 +1,7 @@
 """A pulled workload window: telemetry rows -> the statistics the control plane decides on.
 
 Also maps a window to sandbox scenarios. The pull flow saves the window's own
-requests as a content-addressed window file (``sandbox.windows``: telemetry
+requests as a content-addressed window file (``sandbox.window_scenarios``: telemetry
 Parquet plus the live fleet, named by its sha256), and the scenarios are that
 window replayed (``window:<sha>:replay``) and its augmented variants (rate
 scaled, a burst injected, GPUs lost: ``window_scenarios``), plus fixed guard
@@ -155,7 +155,7 @@ def default_fleet(window: Window, model: str = "llama-3-8b", gpu: str = "H100") 
 
 def window_scenarios(sha256: str, fleet: str) -> tuple[str, ...]:
     """The window replayed, its augmented variants, then the guards."""
-    from sandbox.windows import window_names
+    from sandbox.window_scenarios import window_names
 
     return tuple(dict.fromkeys([*window_names(sha256, fleet), *GUARD_SCENARIOS]))
 
@@ -167,7 +167,7 @@ def resolve_scenarios(
     """``scenarios`` without the ``window:`` ones whose file is not in ``windows_dir``;
     when that drops every window scenario, ``fallback`` (the nearest catalogue ones)
     takes their place."""
-    from sandbox.windows import exists, is_window_name
+    from sandbox.window_scenarios import exists, is_window_name
 
     wins = [s for s in scenarios if is_window_name(s)]
     kept_wins = [s for s in wins if exists(s, windows_dir)]

@@ -3,7 +3,7 @@
 The pull flow saves each workload window as one **window file**: the window's
 telemetry rows in the router's own Parquet format (``serving.telemetry``),
 with the live fleet in the file's key-value metadata
-(``autopoiesis.window.cluster``, a ``sandbox.scenario.parse_cluster`` spec such
+(``autopoiesis.window.cluster``, a ``sandbox.scenario_spec.parse_cluster`` spec such
 as ``llama-3-8b@1xH100,1xA100``; optionally ``autopoiesis.window.slo``, JSON
 ``{"ttft_s": .., "tpot_s": ..}``). The file is content-addressed: its name is
 ``<sha256 of its bytes>.parquet``, so the fleet is covered by the same hash as
@@ -50,7 +50,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from sandbox.scenario import SLO, ClusterEvent, ClusterSpec, Scenario, parse_cluster
+from sandbox.scenario_spec import SLO, ClusterEvent, ClusterSpec, Scenario, parse_cluster
 from sandbox.workload import Workload, WorkloadError
 
 PREFIX = "window:"
