@@ -9,7 +9,7 @@ import pytest
 from sandbox_support import process_backend
 from test_scenarios import needs_traces
 
-from flows.evolution.benchmark import EvolutionBench, bench_evolution, log_to_mlflow, plot
+from flows.bench.evolution import EvolutionBench, bench_evolution, log_to_mlflow, plot
 from sandbox.objectives import Objective
 
 

@@ -64,7 +64,7 @@ def test_fanout_on_a_local_dask_cluster_of_two_workers():
 def test_bench_fanout_compares_threads_and_dask_on_the_same_batch():
     process_backend().close()
 
-    from flows.bench_fanout import FanoutBenchConfig, bench_fanout
+    from flows.bench.fanout import FanoutBenchConfig, bench_fanout
     from flows.evolution.config import Suite
 
     cfg = FanoutBenchConfig(candidates=2, rounds=1, suite=Suite(("sandbox-micro",), (0,), 0.2))

@@ -1,4 +1,4 @@
-"""Fidelity benchmark (sandbox/fidelity.py): held-out error of the refitted step-time model."""
+"""Fidelity benchmark (flows/bench/fidelity.py): held-out error of the refitted step-time model."""
 
 import pytest
 
@@ -6,7 +6,7 @@ pytestmark = pytest.mark.shared("profiles")
 
 
 def test_fidelity_within_five_percent():
-    from sandbox.fidelity import fidelity_report
+    from flows.bench.fidelity import fidelity_report
 
     rep = fidelity_report(seed=0)
     assert rep["mape"] <= 0.05
@@ -21,7 +21,7 @@ def test_fidelity_within_five_percent():
 
 
 def test_split_is_deterministic_and_disjoint():
-    from sandbox.fidelity import split_rows
+    from flows.bench.fidelity import split_rows
     from serving.steptime_fit import load_rows
 
     rows = load_rows()

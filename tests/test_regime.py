@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from test_scenarios import needs_traces
 
+from flows.bench.baselines import bench_baselines
 from flows.evolution.config import FULL_SUITE, QUICK_SCALE, QUICK_SUITE
-from sandbox.bench import bench_baselines
 from sandbox.scenarios import SCENARIO_NAMES, build_scenario, scenario_size
 
 TOLERANCE = 0.1

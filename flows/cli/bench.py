@@ -37,8 +37,8 @@ def bench_baselines(
     plot: Annotated[Path | None, typer.Option(help="Save a heat map (PNG) here.")] = None,
 ) -> None:
     """Every baseline policy on every scenario; the best marked per scenario."""
-    from sandbox.bench import TABLE_METRICS, plot_baselines
-    from sandbox.bench import bench_baselines as run
+    from flows.bench.baselines import TABLE_METRICS, plot_baselines
+    from flows.bench.baselines import bench_baselines as run
     from sandbox.scenarios import SCENARIO_NAMES
     from serving.policy_loader import BUILTIN_POLICIES
 
@@ -103,7 +103,7 @@ def bench_simulator(
     repeats: Annotated[int, typer.Option(help="Alternating runs of each mode.")] = 3,
 ) -> None:
     """Fast mode against the token-by-token reference on the standard scenario."""
-    from sandbox.bench import bench_simulator as run
+    from flows.bench.baselines import bench_simulator as run
 
     with console.status(f"running both modes {repeats}x on the standard scenario"):
         result = run(repeats=repeats)
@@ -129,7 +129,7 @@ def bench_route(
     json_out: JsonOut = None,
 ) -> None:
     """Cost of one route() call per policy, against the pre-kit hand-written loop."""
-    from sandbox.bench_route import bench_route as run
+    from flows.bench.route import bench_route as run
     from serving.policy_loader import BUILTIN_POLICIES, PolicyError
 
     try:
@@ -170,7 +170,7 @@ def bench_route(
 
 def bench_fidelity(json_out: JsonOut = None, seed: int = 0) -> None:
     """Step-time model against profile rows held out from its fit."""
-    from sandbox.fidelity import fidelity_report
+    from flows.bench.fidelity import fidelity_report
 
     try:
         report = fidelity_report(seed=seed)
@@ -218,7 +218,7 @@ def bench_router(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results.")] = None,
 ) -> None:
     """Added TTFT of the router over direct-to-engine at several rates, and swaps under load."""
-    from serving.bench_router import BenchConfig, run
+    from flows.bench.router import BenchConfig, run
 
     if engines not in ("fake", "llamacpp"):
         fail(f"--engines must be fake or llamacpp, not {engines!r}")
@@ -276,8 +276,8 @@ def bench_fanout(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results.")] = None,
 ) -> None:
     """Evaluations per hour: Prefect's thread pool vs a local Dask cluster, same batch."""
-    from flows.bench_fanout import FanoutBenchConfig
-    from flows.bench_fanout import bench_fanout as run
+    from flows.bench.fanout import FanoutBenchConfig
+    from flows.bench.fanout import bench_fanout as run
     from flows.cli.control import quiet_defaults
 
     quiet_defaults()

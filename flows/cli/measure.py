@@ -307,8 +307,8 @@ def bench_evolution(
 ) -> None:
     """Evolve on each scenario's train stretch; judge the champion on its test stretches
     against the best baseline there (the reference is never the seed)."""
+    from flows.bench.evolution import EvolutionBench, bench_evolution, log_to_mlflow
     from flows.cli.control import quiet_defaults
-    from flows.evolution.benchmark import EvolutionBench, bench_evolution, log_to_mlflow
     from flows.evolution.llm_local import llm_config
     from sandbox.objectives import Objective
     from sandbox.scenarios import SCENARIO_NAMES

@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from serving.bench_router import BenchConfig, spawn, start_targets, stop_all
+from flows.bench.router import BenchConfig, spawn, start_targets, stop_all
 from serving.fleet import free_port, wait_healthy
 from serving.loadgen import poisson_shots, run_load, summarize
 
