@@ -36,7 +36,7 @@ import numpy as np
 
 from flows.live import LiveSLO, live_metrics
 from flows.live_cluster import LiveCluster
-from serving.loadgen import Shot, run_load
+from sandbox.replay.loadgen import Shot, run_load
 from serving.prompt_tokens import synth_prompt
 
 FLEET = ("H100", "A100")

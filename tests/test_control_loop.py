@@ -62,7 +62,7 @@ def test_regression_after_promotion_rolls_back_router_and_alias(tmp_path: Path):
     from flows.live_cluster import LiveCluster
     from flows.prefect_flows import make_rollback
     from flows.registry import CHAMPION, PolicyRegistry
-    from serving.loadgen import run_load
+    from sandbox.replay.loadgen import run_load
 
     reg = PolicyRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
     v1 = reg.register_source(builtin_source("least_outstanding"), "lo", alias=CHAMPION)

@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 from aiohttp import web
 
+from sandbox.replay.loadgen import run_load, summarize
 from sandbox.replay.shots import workload_shots
 from sandbox.workload import Workload
 from serving.engine_server import EngineServer, EngineServerConfig
 from serving.fleet import free_port
-from serving.loadgen import run_load, summarize
 from serving.prompt_tokens import count_tokens, prefix_hashes
 
 

@@ -33,6 +33,7 @@ from flows.evolution.config import ConfirmStage, EvolutionConfig, Suite
 from flows.evolution.journal import Journal
 from sandbox.backends import MARKER_ENV, leftover_processes
 from sandbox.replay.engines import EngineTarget, engines_cluster
+from sandbox.replay.loadgen import Result
 from sandbox.replay.stage import (
     ReplayRequest,
     agreement,
@@ -46,7 +47,6 @@ from sandbox.scenario_spec import ClusterEvent, ClusterSpec, Scenario
 from sandbox.workload import Workload
 from serving.contract import Plan, ReplicaSpec
 from serving.fleet import LocalFleet, free_port
-from serving.loadgen import Result
 from serving.policy_loader import builtin_source
 
 LO = builtin_source("least_outstanding")

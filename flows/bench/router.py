@@ -33,8 +33,8 @@ from pathlib import Path
 
 import aiohttp
 
+from sandbox.replay.loadgen import Shot, percentile, poisson_shots, run_load, summarize
 from serving.fleet import free_port, wait_healthy
-from serving.loadgen import Shot, percentile, poisson_shots, run_load, summarize
 from serving.policy_loader import builtin_source
 from serving.prompt_tokens import synth_prompt
 

@@ -5,7 +5,7 @@ runs a policy on a scenario slice through the live router and prints what the re
 measured next to what the simulator predicts for the same slice, so the two can be
 compared at a glance. Trace reading lives here (through ``sandbox.traces``) because
 ``serving`` must not import the evaluation plane; the HTTP load generator itself is
-``serving.loadgen``.
+``sandbox.replay.loadgen``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def replay(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary.")] = None,
 ) -> None:
     """Open-loop replay of a trace against any OpenAI-compatible endpoint."""
+    from sandbox.replay.loadgen import run_load, summarize
     from sandbox.replay.shots import workload_shots
     from sandbox.traces import load_trace
-    from serving.loadgen import run_load, summarize
 
     if rate_scale <= 0:
         fail("--rate-scale must be > 0")

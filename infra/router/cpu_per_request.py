@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from flows.bench.router import BenchConfig, spawn, start_targets, stop_all
+from sandbox.replay.loadgen import poisson_shots, run_load, summarize
 from serving.fleet import free_port, wait_healthy
-from serving.loadgen import poisson_shots, run_load, summarize
 
 HERE = Path(__file__).resolve().parent
 

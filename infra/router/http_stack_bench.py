@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sandbox.replay.loadgen import poisson_shots, run_load, summarize
 from serving.fleet import free_port, wait_healthy
-from serving.loadgen import poisson_shots, run_load, summarize
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -5,8 +5,7 @@
 ``engines``  the engines a slice runs on, by target kind (simulated, URLs, vLLM containers);
 ``worker``   the stage in a worker process of its own (``python -m sandbox.replay.worker``),
              what callers outside the evaluation plane use;
-``shots``    a workload as load-generator shots (also what ``autopoiesis replay`` sends).
-
-The HTTP load generator itself is ``serving.loadgen``: the router benchmark in the data
-plane uses it too, and the data plane imports nothing from here.
+``shots``    a workload as load-generator shots (also what ``autopoiesis replay`` sends);
+``loadgen``  the open-loop HTTP load generator that sends them (the demo and the router
+             benchmark send their traffic with it too).
 """

@@ -8,8 +8,8 @@ the token counts are approximate, since its tokenizer differs.
 
 from __future__ import annotations
 
+from sandbox.replay.loadgen import Shot
 from sandbox.workload import Workload
-from serving.loadgen import Shot
 from serving.prompt_tokens import BLOCK_TOKENS, synth_prompt
 
 

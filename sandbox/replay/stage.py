@@ -56,13 +56,13 @@ from sandbox.replay.engines import (
     served_model,
     start_fleet,
 )
+from sandbox.replay.loadgen import Result
 from sandbox.replay.shots import workload_shots
 from sandbox.results import STATUS_OK, STATUS_REJECTED, STATUS_TIMEOUT, DecisionTimes, SimResult
 from sandbox.scenario_spec import Scenario
 from sandbox.transforms import head, time_slice
 from sandbox.workload import WorkloadError
 from serving.fleet import Fleet
-from serving.loadgen import Result
 from serving.policy_loader import LoadedPolicy
 
 AGREEMENT_KEYS = ("ttft_mean_s", "tpot_mean_s", "e2e_mean_s")
@@ -241,7 +241,7 @@ async def _gpu_seconds(fleet: Fleet, period_s: float, time_scale: float, box: li
 async def replay(req: ReplayRequest, scenario: Scenario, policy: LoadedPolicy,
                  out: ReplayResult) -> None:
     """Engines up, router with ``policy`` in front, the slice sent through it; fills ``out``."""
-    from serving.loadgen import run_load, summarize
+    from sandbox.replay.loadgen import run_load, summarize
     from serving.policy_runtime import PolicyRuntime
     from serving.router import RouterConfig
     from serving.serve import start_router
