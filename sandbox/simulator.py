@@ -40,10 +40,11 @@ from sandbox.scenario_spec import ClusterEvent, Scenario
 from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
 from serving.engine import INF, Sequence
 from serving.engine_fast import make_engine
+from serving.plan_review import review_plan
 from serving.planning import capacities, deployable_specs
 from serving.policy_loader import LoadedPolicy
 from serving.recent_traffic import WindowTracker
-from serving.routing import InvalidChoice, RoutingCore, review_plan
+from serving.routing import InvalidChoice, RoutingCore
 from serving.steptime import step_time_model
 
 Mode = Literal["fast", "reference"]
