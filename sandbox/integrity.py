@@ -3,8 +3,9 @@
 Tamper detection: the harness takes a ``snapshot()`` of the trusted modules (the
 standard modules a policy could patch to cheat the clock or the numbers, and everything
 of ``serving`` and ``sandbox``) before it loads a candidate, and compares after loading
-it and after every run: a replaced or deleted function or class member is a rejection,
-not a score. Results: every metric and decision statistic a finite number, in range.
+it and after every run: a replaced, deleted or added function or class member is a
+rejection, not a score. Results: every metric and decision statistic a finite number,
+in range.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def tampered(before: dict[tuple[str, str], int]) -> str | None:
         if after.get(k) != ident:
             what = "replaced" if k in after else "deleted"
             return f"policy tampered with trusted code: {k[0]}.{k[1]} was {what}"
+    # A member added to a trusted class can shadow an inherited one (``Simulation``
+    # inherits its cluster side from ``sim_cluster.ClusterSide``).
+    for k in sorted(after.keys() - before.keys()):
+        owner, dot, _ = k[1].partition(".")
+        if dot and (k[0], owner) in before:
+            return f"policy tampered with trusted code: {k[0]}.{k[1]} was added"
     return None
 
 

@@ -3,9 +3,11 @@
 The fitness function of the whole system. Engines are ``serving.engine`` models
 in virtual time; the router is the live router's own decision core
 (``serving.routing``: replica views, accounting, admission, the hold queue and
-its drain rule, choice and plan checks), fed engine snapshots every
-``snapshot_interval_s`` (so policies see stale metrics, as real routers do);
-``reschedule`` runs every ``monitor_interval_s``.
+its drain rule, choice checks; ``serving.plan_review``: plan checks), fed engine
+snapshots every ``snapshot_interval_s`` (so policies see stale metrics, as real
+routers do); ``reschedule`` runs every ``monitor_interval_s``. This module is the
+request path; replicas, GPUs, cluster events, the monitor tick and plans are
+``sandbox.sim_cluster``.
 
 The policy's own decision time is measured with a clock bound at import (a
 policy that patches ``time`` cannot hide its cost) and charged to virtual time,
@@ -22,7 +24,6 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from time import perf_counter as _clock
 from time import thread_time as _cpu_clock
 from typing import Literal
@@ -36,53 +37,36 @@ from sandbox.results import (
     RequestOutcomes,
     SimResult,
 )
-from sandbox.scenario_spec import ClusterEvent, Scenario
-from serving.contract import ClusterView, Plan, ReplicaSpec, ReplicaView, Request
+from sandbox.scenario_spec import Scenario
+from sandbox.sim_cluster import (
+    ARRIVAL,
+    CLUSTER,
+    DISPATCH,
+    ENGINE,
+    HORIZON,
+    MONITOR,
+    SNAPSHOT,
+    ClusterSide,
+    PolicyFault,
+    SimReplica,
+)
+from serving.contract import ReplicaView, Request
 from serving.engine import INF, Sequence
 from serving.engine_fast import make_engine
-from serving.planning import capacities, deployable_specs
+from serving.planning import deployable_specs
 from serving.policy_loader import LoadedPolicy
 from serving.recent_traffic import WindowTracker
-from serving.routing import InvalidChoice, RoutingCore, review_plan
+from serving.routing import InvalidChoice, RoutingCore
 from serving.steptime import step_time_model
 
 Mode = Literal["fast", "reference"]
 
-# Event priorities at equal times: the cluster changes first, then replicas come
-# up, then requests arrive (so a step ending at that instant already sees them).
-_CLUSTER, _READY, _ARRIVAL, _DISPATCH, _ENGINE, _SNAPSHOT, _MONITOR, _HORIZON = range(8)
 
-
-class PolicyFault(Exception):
-    """The policy misbehaved; ``reason`` says how. Never a score."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(eq=False)
-class _SimReplica:
-    """The simulator's side of a replica: its engine and lifecycle (the router's is a Slot)."""
-
-    id: int
-    spec: ReplicaSpec
-    state: str  # pending | starting | serving | draining
-    kv_blocks: int
-    engine: object | None = None
-    pushed_epoch: int = -1
-
-    @property
-    def holds_gpus(self) -> bool:
-        return self.state in ("starting", "serving", "draining")
-
-
-# One class on purpose (~400 lines): every handler below reads and writes the same
-# cluster state on the fitness function's hot path, and splitting it into collaborating
-# objects would put a hop on every event. Its sections: the run, replicas and GPUs,
-# cluster events, requests, periodic work, plans; per-request outcomes are kept by
-# ``results.RequestOutcomes``.
-class Simulation:
+# The request path is here; the cluster side (replicas and GPUs, cluster events, the
+# monitor tick, plans) is the ``ClusterSide`` mixin: one object, so no event pays a hop
+# between collaborators on the fitness function's hot path. Per-request outcomes are
+# kept by ``results.RequestOutcomes``.
+class Simulation(ClusterSide):
     def __init__(
         self,
         scenario: Scenario,
@@ -117,7 +101,7 @@ class Simulation:
         self._seq = 0
         self.now = 0.0
         self.pool: dict[str, int] = dict(self.cluster.gpus)
-        self.replicas: dict[int, _SimReplica] = {}
+        self.replicas: dict[int, SimReplica] = {}
         self._next_id = 0
         self.core = RoutingCore(self.cluster.model, self.cluster.engine)
         self.core.admission_limit = self.cluster.plan.admission_limit
@@ -150,10 +134,10 @@ class Simulation:
             r = self._new_replica(spec, plan.weights[i] if plan.weights else 1.0)
             self._bring_up(r, warm=True)
         for ev in self.scenario.events:
-            self._push(ev.at_s, _CLUSTER, "cluster", ev)
-        self._push(self.cluster.snapshot_interval_s, _SNAPSHOT, "snapshot")
-        self._push(self.cluster.monitor_interval_s, _MONITOR, "monitor")
-        self._push(self.horizon, _HORIZON, "horizon")
+            self._push(ev.at_s, CLUSTER, "cluster", ev)
+        self._push(self.cluster.snapshot_interval_s, SNAPSHOT, "snapshot")
+        self._push(self.cluster.monitor_interval_s, MONITOR, "monitor")
+        self._push(self.horizon, HORIZON, "horizon")
 
     def run(self) -> SimResult:
         started = _clock()
@@ -170,7 +154,7 @@ class Simulation:
         }
         while self.done < self.n:
             top = self.events[0]
-            if i < n and (arrivals[i] < top[0] or (arrivals[i] == top[0] and top[1] > _ARRIVAL)):
+            if i < n and (arrivals[i] < top[0] or (arrivals[i] == top[0] and top[1] > ARRIVAL)):
                 self.now = arrivals[i]
                 self._on_arrival(i)
                 i += 1
@@ -197,47 +181,9 @@ class Simulation:
             plan_gpus=sum(s.tp for s in self.cluster.plan.replicas),
         )
 
-    # -- replicas and GPUs -------------------------------------------------------------
-    def _new_replica(self, spec: ReplicaSpec, weight: float) -> _SimReplica:
-        kv = self._specs[spec].kv_blocks
-        r = _SimReplica(self._next_id, spec, "pending", kv)
-        self._next_id += 1
-        self.replicas[r.id] = r
-        # The router remembers about as many prefix chunks as the replica can cache.
-        self.core.add_replica(
-            r.id, spec, kv_blocks=kv, prefix_capacity=kv // self.unit_blocks, weight=weight
-        )
-        return r
-
-    def _set_state(self, r: _SimReplica, state: str) -> None:
-        """The replica's lifecycle, and what the router sees of it (pending looks starting)."""
-        r.state = state
-        self.core.slot(r.id).state = "starting" if state == "pending" else state  # type: ignore[assignment]
-
-    def _free_gpus(self, gpu: str) -> int:
-        held = sum(r.spec.tp for r in self.replicas.values() if r.holds_gpus and r.spec.gpu == gpu)
-        return self.pool.get(gpu, 0) - held
-
-    def _account_gpus(self) -> None:
-        held = sum(r.spec.tp for r in self.replicas.values() if r.holds_gpus)
-        self.gpu_seconds += held * (self.now - self._gpu_clock)
-        self._gpu_clock = self.now
-
-    def _bring_up(self, r: _SimReplica, warm: bool = False) -> None:
-        self._account_gpus()
-        self._set_state(r, "starting")
-        cold = self._specs[r.spec].cold_start_s
-        if warm:
-            self._on_ready(r.id)
-        else:
-            self._push(self.now + cold, _READY, "ready", r.id)
-
-    def _start_pending(self) -> None:
-        for r in list(self.replicas.values()):
-            if r.state == "pending" and self._free_gpus(r.spec.gpu) >= r.spec.tp:
-                self._bring_up(r)
-
+    # -- engines -------------------------------------------------------------------
     def _on_ready(self, rid: int) -> None:
+        """A replica finished its cold start: its engine is made, and it starts serving."""
         r = self.replicas.get(rid)
         if r is None or r.state != "starting":
             return
@@ -250,57 +196,6 @@ class Simulation:
         )
         self._set_state(r, "serving")
         self.core.observe(rid, 0, 0, 0, self.now)
-        self._drain_queue()
-
-    def _retire(self, r: _SimReplica) -> None:
-        """Take a replica out; whatever it was serving goes back to the router queue."""
-        self._account_gpus()
-        lost = [seq.rid for seq in r.engine.abort()] if r.engine is not None else []
-        self._requeue(lost)
-        del self.replicas[r.id]
-        self.core.remove_replica(r.id)
-        self._start_pending()
-
-    def _requeue(self, rids: list[int]) -> None:
-        """Requests lost with their replica go back to the front of the router queue.
-
-        Not drained here: the caller does, once the cluster change is complete.
-        """
-        for rid in sorted(rids, reverse=True):
-            target, request = self.inflight.pop(rid)
-            self.core.finish(target, request)
-            self.outcomes.retries[rid] += 1
-            self.core.enqueue(request, front=True)
-
-    def _active(self) -> list[_SimReplica]:
-        return [r for r in self.replicas.values() if r.state != "draining"]
-
-    # -- cluster events --------------------------------------------------------------
-    def _on_cluster(self, ev: ClusterEvent) -> None:
-        if ev.kind == "add_gpus":
-            self.pool[ev.gpu] = self.pool.get(ev.gpu, 0) + ev.count
-            self._start_pending()
-        elif ev.kind == "remove_gpus":
-            self.pool[ev.gpu] = max(0, self.pool.get(ev.gpu, 0) - ev.count)
-            order = {"draining": 0, "starting": 1, "serving": 2}
-            victims = sorted(
-                (r for r in self.replicas.values() if r.holds_gpus and r.spec.gpu == ev.gpu),
-                key=lambda r: (order[r.state], -r.id),
-            )
-            for r in victims:
-                if self._free_gpus(ev.gpu) >= 0:
-                    break
-                self._retire(r)
-        elif ev.kind == "fail_replica":
-            active = self._active()
-            if 0 <= ev.replica < len(active):
-                r = active[ev.replica]
-                if r.engine is not None:
-                    self._account_gpus()
-                    self._requeue([seq.rid for seq in r.engine.abort()])
-                    r.engine = None
-                self._set_state(r, "pending")
-                self._bring_up(r)
         self._drain_queue()
 
     # -- requests ------------------------------------------------------------------
@@ -336,7 +231,7 @@ class Simulation:
             request = entry.request
             self.inflight[request.id] = (target, request)
             if self.router_free > self.now:
-                self._push(self.router_free, _DISPATCH, "dispatch", request.id)
+                self._push(self.router_free, DISPATCH, "dispatch", request.id)
             else:
                 self._on_dispatch(request.id)
 
@@ -382,11 +277,11 @@ class Simulation:
         r.engine.enqueue(seq, self.now)
         self._watch(r)
 
-    def _watch(self, r: _SimReplica) -> None:
+    def _watch(self, r: SimReplica) -> None:
         engine = r.engine
         if engine.step_end != INF and engine.epoch != r.pushed_epoch:
             r.pushed_epoch = engine.epoch
-            self._push(engine.step_end, _ENGINE, "engine", (r.id, engine.epoch))
+            self._push(engine.step_end, ENGINE, "engine", (r.id, engine.epoch))
 
     def _on_engine(self, payload: tuple[int, int]) -> None:
         rid, epoch = payload
@@ -421,76 +316,14 @@ class Simulation:
         if self.progress is not None and self.done % 1000 == 0:
             self.progress(self.done, self.n)
 
-    # -- periodic work -------------------------------------------------------------
+    # -- engine snapshots ---------------------------------------------------------
     def _on_snapshot(self, _: object) -> None:
         now, observe = self.now, self.core.observe
         for r in self.replicas.values():
             if r.engine is not None:
                 observe(r.id, *r.engine.snapshot(now), now)
-        self._push(self.now + self.cluster.snapshot_interval_s, _SNAPSHOT, "snapshot")
+        self._push(self.now + self.cluster.snapshot_interval_s, SNAPSHOT, "snapshot")
         self._drain_queue()
-
-    def _on_monitor(self, _: object) -> None:
-        self._push(self.now + self.cluster.monitor_interval_s, _MONITOR, "monitor")
-        if self.policy.reschedule is not None:
-            view = self._cluster_view()
-            started = _cpu_clock()
-            try:
-                plan = self.policy.reschedule(view, self.now)
-            except Exception as exc:
-                raise PolicyFault(f"reschedule raised {type(exc).__name__}: {exc}") from exc
-            self._charge(_cpu_clock() - started, self.decisions.reschedule)
-            self._apply(plan)
-        # A tick is a router event as in the live router: held requests are offered again.
-        self._drain_queue()
-
-    def _current_plan(self) -> Plan:
-        live = [s for s in self.core.slots() if s.state != "draining"]
-        return Plan(
-            tuple(s.spec for s in live),
-            tuple(s.weight for s in live),
-            self.core.admission_limit,
-        )
-
-    def _cluster_view(self) -> ClusterView:
-        window = self.window.summary(self.now)
-        c = self.cluster
-        return ClusterView(
-            window=window,
-            gpus_available=self.pool,
-            plan=self._current_plan(),
-            replicas=self.core.views(None, self.now),
-            queued=len(self.core.held),
-            cold_start_s={spec: cost.cold_start_s for spec, cost in self._specs.items()},
-            capacity_rps=capacities(c.model, self._specs, window, c.engine),
-            model=c.model,
-        )
-
-    # -- plans ---------------------------------------------------------------------
-    def _check_plan(self, plan: object, current: Plan | None = None) -> Plan | None:
-        """The plan to apply (None: no change), by the core's rule; a bad plan is a fault."""
-        review = review_plan(plan, current, self.cluster.model, self.pool, self._specs)
-        if review.problem is not None:
-            raise PolicyFault(review.problem)
-        return review.plan
-
-    def _apply(self, plan: object) -> None:
-        new = self._check_plan(plan, self._current_plan())
-        if new is None:
-            return
-        self.replans += 1
-        match = self.core.follow_plan(new)
-        for spec, weight in match.start:
-            self._new_replica(spec, weight)
-        for rid in match.stop:
-            r = self.replicas[rid]
-            if r.state in ("pending", "starting") or r.engine is None:
-                self._retire(r)
-            else:
-                self._set_state(r, "draining")
-                if r.engine.idle and not r.engine.waiting:
-                    self._retire(r)
-        self._start_pending()
 
 
 def simulate(

@@ -115,31 +115,50 @@ def trace_segment(
         return float(rate(stretch)) if callable(rate) else float(rate)
 
     def first_of(count: int) -> int:
-        # The seed's position runs over every region's possible first requests in turn.
-        rooms = [(first, end - first - count) for first, end in regions if end - first > count]
-        if not rooms:
-            have = max(end - first for first, end in regions)
-            raise WorkloadError(
-                f"{source.name}: {duration_s:g} s at {count / duration_s:.3g} req/s needs "
-                f"{count} consecutive requests, its {split} region has {have}"
-            )
-        at = round(position * (sum(room for _, room in rooms) - 1))
-        for first, room in rooms:
-            if at < room:
-                return first + at
-            at -= room
-        raise AssertionError("unreachable: position is within the rooms")
+        return _first_request(regions, count, position, source.name, duration_s, split)
 
     position = float(rng.uniform(0.0, 1.0))
     count = max(2, round(duration_s * target(source.slice(*regions[0]))))
     for _ in range(4):
         first = first_of(count)
         count = max(2, round(duration_s * target(source.slice(first, first + count))))
-    first = first_of(count)
+    return _compressed(source, first_of(count), count, duration_s, split)
+
+
+def _first_request(
+    regions: list[tuple[int, int]],
+    count: int,
+    position: float,
+    name: str,
+    duration_s: float,
+    split: str,
+) -> int:
+    """The first request of a ``count``-request stretch at relative ``position``: it runs
+    over every region's possible first requests in turn."""
+    rooms = [(first, end - first - count) for first, end in regions if end - first > count]
+    if not rooms:
+        have = max(end - first for first, end in regions)
+        raise WorkloadError(
+            f"{name}: {duration_s:g} s at {count / duration_s:.3g} req/s needs "
+            f"{count} consecutive requests, its {split} region has {have}"
+        )
+    at = round(position * (sum(room for _, room in rooms) - 1))
+    for first, room in rooms:
+        if at < room:
+            return first + at
+        at -= room
+    raise AssertionError("unreachable: position is within the rooms")
+
+
+def _compressed(
+    source: Workload, first: int, count: int, duration_s: float, split: str
+) -> Workload:
+    """Requests [first, first + count) compressed to exactly ``duration_s`` (its rate is
+    then the target), the first at time 0: every gap divided by one factor, as
+    ``scale_rate`` does."""
+    arrivals = source.arrival_s
     start = float(arrivals[first])
     length = float(arrivals[first + count]) - start
-    # Compress the stretch to exactly ``duration_s`` (its rate is then the target), the
-    # first request at time 0: every gap divided by one factor, as ``scale_rate`` does.
     factor = length / duration_s
     stretch = slice(first, first + count)
     out = source.take(stretch, arrival_s=(arrivals[stretch] - start) / factor)

@@ -4,7 +4,7 @@ let the policy re-plan it.
 A tick flushes the telemetry that is due and keeps the engines' snapshots, follows
 the fleet (engines that came or went), probes the doubtful replicas' health, asks the
 policy's ``reschedule`` for a plan from the cluster view -- checked by the same rule
-the simulator applies (``serving.routing.review_plan``) before the fleet gets it --
+the simulator applies (``serving.plan_review.review_plan``) before the fleet gets it --
 and offers the held requests again. A tick that raises is counted by kind and logged
 once per kind; it never stops the loop.
 """
@@ -20,11 +20,11 @@ import aiohttp
 from serving.contract import ClusterView
 from serving.fleet import Fleet
 from serving.metrics_adapter import Scraper
+from serving.plan_review import review_plan
 from serving.planning import capacities
 from serving.policy_runtime import PolicyRuntime
 from serving.router_replicas import ReplicaSet
 from serving.router_telemetry import RouterTelemetry
-from serving.routing import review_plan
 
 log = logging.getLogger("autopoiesis.router")
 

@@ -11,8 +11,9 @@ around a live policy (``serving.policy_runtime``).
 Held here: the ``ReplicaView`` a policy sees (engine snapshot, the router's exact
 in-flight accounting and prefix index, plan weight, the replica's prefill rate and
 estimated prefill backlog), the plan's admission limit, the hold queue and its one
-drain rule, the validation of a policy's choice and of a reschedule plan, and how a
-plan's weights land on replicas.
+drain rule, the validation of a policy's choice, and how a plan's weights land on
+replicas (the check of a reschedule plan and its match onto the live replicas are
+``serving.plan_review``).
 
 The drain rule: an arrival is enqueued, then the queue is drained (a newcomer never
 overtakes an older held request). A drain offers held requests oldest first; one
@@ -38,9 +39,8 @@ import contextlib
 import functools
 import numbers
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from serving.accounting import ReplicaLedger, RouterAccounting, count_in, overlap_blocks
 from serving.capacity import prefill_tps
@@ -55,7 +55,7 @@ from serving.contract import (
 )
 from serving.engine import EngineConfig
 from serving.hardware import UnknownHardware
-from serving.planning import plan_problem
+from serving.plan_review import PlanMatch, match_plan
 from serving.steptime import step_time_model
 
 SKIP_AHEAD = 8
@@ -139,60 +139,6 @@ class Held:
     exclude: frozenset[int] = NO_EXCLUSIONS
     """Replicas this request must not go to (the live router's retry after a failure)."""
     ticket: object = None
-
-
-class PlanMatch(NamedTuple):
-    """How a plan maps onto the live replicas."""
-
-    keep: tuple[tuple[int, float], ...]
-    """(replica id, weight) of each live replica the plan keeps."""
-    start: tuple[tuple[ReplicaSpec, float], ...]
-    """(spec, weight) of each replica the plan adds, in plan order."""
-    stop: tuple[int, ...]
-    """Live replicas the plan no longer has."""
-
-
-def match_plan(plan: Plan, live: Sequence[tuple[int, ReplicaSpec]]) -> PlanMatch:
-    """Each plan entry keeps the oldest unmatched live replica of its spec, else starts one."""
-    unmatched = list(live)
-    keep: list[tuple[int, float]] = []
-    start: list[tuple[ReplicaSpec, float]] = []
-    for i, spec in enumerate(plan.replicas):
-        weight = plan.weights[i] if plan.weights else 1.0
-        for k, (rid, have) in enumerate(unmatched):
-            if have == spec:
-                del unmatched[k]
-                keep.append((rid, weight))
-                break
-        else:
-            start.append((spec, weight))
-    return PlanMatch(tuple(keep), tuple(start), tuple(rid for rid, _ in unmatched))
-
-
-class PlanReview(NamedTuple):
-    plan: Plan | None
-    """The plan to apply; None when there is nothing to do (no plan, or no change)."""
-    problem: str | None
-    """Why the returned plan cannot be applied (then ``plan`` is None)."""
-
-
-def review_plan(
-    plan: object,
-    current: Plan | None,
-    model: str,
-    pool: Mapping[str, int],
-    menu: Iterable[ReplicaSpec],
-) -> PlanReview:
-    """The one check of what ``reschedule`` returned, before anything is started."""
-    if plan is None:
-        return PlanReview(None, None)
-    problem = plan_problem(plan, model, pool, menu)
-    if problem is not None:
-        return PlanReview(None, problem)
-    if plan == current:
-        return PlanReview(None, None)
-    assert isinstance(plan, Plan)  # plan_problem said so
-    return PlanReview(plan, None)
 
 
 class RoutingCore:

@@ -67,9 +67,14 @@ MAX_PREFILL_TOKENS = 16384  # chunked-prefill budgets stay below this
 
 def load_rows(shared: Path | None = None) -> list[Row]:
     """All training rows from the profile tables in `shared/profiles`."""
+    prof = (shared or shared_dir()) / "profiles"
+    return _measured_rows(prof) + _vidur_rows(prof) + _aiconfigurator_rows(prof)
+
+
+def _measured_rows(prof: Path) -> list[Row]:
+    """Our own layer profiles: whole decoder layers (decode, prefill) and the LM head."""
     import pandas as pd
 
-    prof = (shared or shared_dir()) / "profiles"
     rows: list[Row] = []
     for gpu, src in MEASURED.items():
         df = pd.read_csv(prof / src / "layer_profile.csv")
@@ -87,7 +92,14 @@ def load_rows(shared: Path | None = None) -> list[Row]:
                 # One causal sequence run eagerly: attention work t*t/2, plus launch overhead.
                 t = float(r.tokens)
                 rows.append(Row(src, key, "layer", t, 0, 0, t * t / 2, 1, r.layer_ms, r.layers))
+    return rows
 
+
+def _vidur_rows(prof: Path) -> list[Row]:
+    """Vidur's A100 MLP profiles: the linear (GEMM) part of a layer."""
+    import pandas as pd
+
+    rows: list[Row] = []
     cols = [f"time_stats.{op}.median" for op in VIDUR_OPS]
     for model, folder in (("llama-3-8b", "Meta-Llama-3-8B"), ("llama-3-70b", "Meta-Llama-3-70B")):
         df = pd.read_csv(prof / "vidur/compute/a100/meta-llama" / folder / "mlp.csv.gz")
@@ -97,7 +109,14 @@ def load_rows(shared: Path | None = None) -> list[Row]:
             if (model, "A100", tp) in PROFILED:
                 rows.append(Row(VIDUR_A100, combo_key(model, "A100", tp), "linear", n, 0, 0, 0, 0,
                                 float(y), MODELS[model].layers))
+    return rows
 
+
+def _aiconfigurator_rows(prof: Path) -> list[Row]:
+    """aiconfigurator's A100 attention kernels (vLLM), for the head layouts we profile."""
+    import pandas as pd
+
+    rows: list[Row] = []
     heads = {}
     for (model, gpu, tp) in PROFILED:
         if gpu == "A100":

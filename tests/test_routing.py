@@ -1,4 +1,4 @@
-"""The routing core on its own: views, the drain rule, admission, choice and plan checks."""
+"""The routing core on its own: views, the drain rule, admission, choice checks, plan weights."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from serving.routing import (
     InvalidChoice,
     RoutingCore,
     choice_problem,
-    match_plan,
     prefill_rate,
-    review_plan,
 )
 
 H1, A1 = ReplicaSpec("H100", 1), ReplicaSpec("A100", 1)
@@ -220,30 +218,9 @@ def test_choice_problem_names_what_is_wrong():
     assert routed(c.drain(0.0, lambda r, v, n: np.int64(0))) == [(0, 0)]  # numpy ids are ids
 
 
-def test_match_plan_keeps_the_oldest_of_each_spec():
-    live = [(3, H1), (4, A1), (7, H1)]
-    m = match_plan(Plan((A1, H1, H1, H1), weights=(0.5, 1.0, 2.0, 3.0)), live)
-    assert m.keep == ((4, 0.5), (3, 1.0), (7, 2.0))
-    assert m.start == ((H1, 3.0),) and m.stop == ()
-    m = match_plan(Plan((H1,)), live)
-    assert m.keep == ((3, 1.0),) and m.stop == (4, 7)
-
-
 def test_follow_plan_sets_weights_by_spec_and_the_admission_limit():
     c = RoutingCore(MODEL)
     c.add_replica(0, H1, kv_blocks=10, prefix_capacity=10, state="serving")
     c.add_replica(1, A1, kv_blocks=10, prefix_capacity=10, state="serving")
     c.follow_plan(Plan((A1, H1), weights=(3.0, 0.5), admission_limit=7))
     assert [v.weight for v in c.views(None, 0.0)] == [0.5, 3.0] and c.admission_limit == 7
-
-
-def test_review_plan():
-    pool, menu = {"H100": 2}, {H1}
-    current = Plan((H1,))
-    assert review_plan(None, current, MODEL, pool, menu) == (None, None)
-    assert review_plan(Plan((H1,)), current, MODEL, pool, menu) == (None, None)  # no change
-    grow = Plan((H1, H1))
-    assert review_plan(grow, current, MODEL, pool, menu) == (grow, None)
-    plan, problem = review_plan(Plan((H1,) * 3), current, MODEL, pool, menu)
-    assert plan is None and "needs 3 H100 GPUs but the pool has 2" in problem
-    assert "expected Plan" in review_plan("grow", current, MODEL, pool, menu).problem

@@ -54,38 +54,75 @@ def _load_servegen(
 ) -> Workload:
     if not end_s > start_s:
         raise WorkloadError(f"{path}: empty time range [{start_s}, {end_s})")
-    arrivals = _servegen_arrivals(str(path), path.stat().st_mtime_ns)
-    pools = sorted(arrivals["model_pool"].unique())
-    if pool not in pools:
-        raise WorkloadError(f"{path}: unknown model pool {pool!r}; has {', '.join(pools)}")
-    w0 = arrivals["window_start_s"].to_numpy()
-    sel = arrivals[
-        (arrivals["model_pool"] == pool)
-        & (arrivals["rate_rps"] > 0)
-        & (w0 + SERVEGEN_WINDOW_S > start_s)
-        & (w0 < end_s)
-    ]
+    windows = _pool_windows(path, pool, start_s, end_s)
     rng = np.random.default_rng(seed)
-    rate = sel["rate_rps"].to_numpy(dtype=np.float64)
-    # Whole-window counts so each window keeps its rate; stochastic rounding keeps the mean.
-    expected = rate * SERVEGEN_WINDOW_S
-    counts = np.floor(expected).astype(np.int64)
-    counts += rng.random(len(counts)) < (expected - counts)
+    counts = _window_counts(windows, rng)
     total = int(counts.sum())
     if total > max_requests:
         raise WorkloadError(
             f"{path}: pool {pool} over [{start_s}, {end_s}) holds ~{total} requests, more than "
             f"max_requests={max_requests}; narrow the time range"
         )
+    t = _arrival_times(windows, counts, rng)
+    t = np.sort(t[(t >= start_s) & (t < end_s)])
+    if len(t) == 0:
+        raise WorkloadError(f"{path}: pool {pool} has no requests in [{start_s}, {end_s})")
+    lpath = Path(lengths_path or path.with_name("servegen_pool_length_pmf.csv.gz"))
+    if not lpath.is_file():
+        raise WorkloadError(f"{path}: ServeGen length file {lpath} is missing")
+    prompt, output, cap = _pool_lengths(lpath, pool, len(t), rng)
+    return _workload(
+        path,
+        "servegen",
+        t - start_s,
+        np.maximum(prompt, 1),
+        np.maximum(output, 1),
+        name or f"servegen-{pool}",
+        max_tokens=cap,
+        meta={"pool": pool, "start_s": start_s, "end_s": end_s, "seed": seed},
+    )
+
+
+def _pool_windows(path: Path, pool: str, start_s: float, end_s: float) -> pd.DataFrame:
+    """The pool's client windows with traffic that overlap [start_s, end_s)."""
+    arrivals = _servegen_arrivals(str(path), path.stat().st_mtime_ns)
+    pools = sorted(arrivals["model_pool"].unique())
+    if pool not in pools:
+        raise WorkloadError(f"{path}: unknown model pool {pool!r}; has {', '.join(pools)}")
+    w0 = arrivals["window_start_s"].to_numpy()
+    return arrivals[
+        (arrivals["model_pool"] == pool)
+        & (arrivals["rate_rps"] > 0)
+        & (w0 + SERVEGEN_WINDOW_S > start_s)
+        & (w0 < end_s)
+    ]
+
+
+def _window_counts(windows: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """Arrivals in each window: whole counts so each window keeps its rate; stochastic
+    rounding keeps the mean."""
+    rate = windows["rate_rps"].to_numpy(dtype=np.float64)
+    expected = rate * SERVEGEN_WINDOW_S
+    counts = np.floor(expected).astype(np.int64)
+    counts += rng.random(len(counts)) < (expected - counts)
+    return counts
+
+
+def _arrival_times(
+    windows: pd.DataFrame, counts: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Absolute arrival times of every window's ``counts`` arrivals (unsorted, unclipped).
+
+    Per window with k arrivals: draw k+1 gaps from the client's fitted distribution
+    (shape carries its burstiness), then rescale them to span the window exactly, so
+    the window holds k arrivals at the recorded rate.
+    """
     keep = counts > 0
     counts = counts[keep]
-    shape = sel["dist_shape"].to_numpy(dtype=np.float64)[keep]
-    scale = sel["dist_scale"].to_numpy(dtype=np.float64)[keep]
-    is_weibull = sel["iat_dist"].to_numpy()[keep] == "Weibull"
-    starts = sel["window_start_s"].to_numpy(dtype=np.float64)[keep]
-    # Per window with k arrivals: draw k+1 gaps from the client's fitted distribution
-    # (shape carries its burstiness), then rescale them to span the window exactly, so
-    # the window holds k arrivals at the recorded rate.
+    shape = windows["dist_shape"].to_numpy(dtype=np.float64)[keep]
+    scale = windows["dist_scale"].to_numpy(dtype=np.float64)[keep]
+    is_weibull = windows["iat_dist"].to_numpy()[keep] == "Weibull"
+    starts = windows["window_start_s"].to_numpy(dtype=np.float64)[keep]
     k1 = counts + 1
     seg = np.repeat(np.arange(len(counts)), k1)
     sh, sc = shape[seg], scale[seg]
@@ -101,17 +138,16 @@ def _load_servegen(
     within = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[offsets] - gaps[offsets], k1)
     last = np.zeros(len(gaps), dtype=bool)
     last[offsets + k1 - 1] = True  # the (k+1)-th gap only closes the window
-    t = (starts[seg] + within)[~last]
-    t = np.sort(t[(t >= start_s) & (t < end_s)])
-    if len(t) == 0:
-        raise WorkloadError(f"{path}: pool {pool} has no requests in [{start_s}, {end_s})")
-    lpath = Path(lengths_path or path.with_name("servegen_pool_length_pmf.csv.gz"))
-    if not lpath.is_file():
-        raise WorkloadError(f"{path}: ServeGen length file {lpath} is missing")
+    return (starts[seg] + within)[~last]
+
+
+def _pool_lengths(
+    lpath: Path, pool: str, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(prompt, output, max_tokens cap) of ``n`` requests from the pool's length PMFs."""
     pmf = _servegen_pmf(str(lpath), lpath.stat().st_mtime_ns)
     pmf = pmf[pmf["model_pool"] == pool]
     fields = set(pmf["field"].unique())
-    n = len(t)
     # Pool-level PMFs are marginals: input and output are drawn independently.
     if "input_tokens" in fields:
         prompt = _sample_pmf(pmf, "input_tokens", n, rng)
@@ -124,13 +160,4 @@ def _load_servegen(
     output = _sample_pmf(pmf, "output_tokens", n, rng)
     # The cap comes from the distribution, not the sample: one cap per pool.
     support = pmf[(pmf["field"] == "output_tokens") & (pmf["prob"] > 0)]["value"]
-    return _workload(
-        path,
-        "servegen",
-        t - start_s,
-        np.maximum(prompt, 1),
-        np.maximum(output, 1),
-        name or f"servegen-{pool}",
-        max_tokens=client_cap(support.to_numpy()),
-        meta={"pool": pool, "start_s": start_s, "end_s": end_s, "seed": seed},
-    )
+    return prompt, output, client_cap(support.to_numpy())
