@@ -60,7 +60,7 @@ def test_regression_after_promotion_rolls_back_router_and_alias(tmp_path: Path):
     from flows.demo import shots
     from flows.live import AdminClient, WatchConfig, watch
     from flows.live_cluster import LiveCluster
-    from flows.prefect_flows import make_rollback
+    from flows.promote_steps import make_rollback
     from flows.registry import CHAMPION, PolicyRegistry
     from serving.loadgen import run_load
 

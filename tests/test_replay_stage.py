@@ -277,10 +277,10 @@ def test_the_challenger_is_what_the_replay_confirmed(tmp_path, top_k, b_replayed
 
 
 def test_the_evolve_flow_takes_the_stage_as_json_settings():
-    from flows.prefect_flows import _confirm_stage
+    from flows.evolve_steps import confirm_stage
 
-    stage = _confirm_stage({"top_k": 2, "target": "simulated", "gpu_ids": ["0", "1"]})
+    stage = confirm_stage({"top_k": 2, "target": "simulated", "gpu_ids": ["0", "1"]})
     assert stage == ConfirmStage(top_k=2, target="simulated", gpu_ids=("0", "1"))
-    assert _confirm_stage({}) == ConfirmStage()
+    assert confirm_stage({}) == ConfirmStage()
     with pytest.raises(ValueError, match=r"unknown setting.*topk"):
-        _confirm_stage({"topk": 2})
+        confirm_stage({"topk": 2})
