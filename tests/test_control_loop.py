@@ -57,7 +57,7 @@ def test_deployments_listed_with_schedules_and_registry_aliases(tmp_path: Path):
 
 def test_regression_after_promotion_rolls_back_router_and_alias(tmp_path: Path):
     from flows.control_state import read_events
-    from flows.demo import shots
+    from flows.demo_traffic import shots
     from flows.live import AdminClient, WatchConfig, watch
     from flows.live_cluster import LiveCluster
     from flows.promote_steps import make_rollback
@@ -101,7 +101,8 @@ def test_regression_after_promotion_rolls_back_router_and_alias(tmp_path: Path):
 def test_closed_loop_with_scripted_llm(tmp_path: Path):
     from llm_double import LLMDouble, fenced
 
-    from flows.demo import DemoConfig, run_demo
+    from flows.demo import run_demo
+    from flows.demo_traffic import DemoConfig
     from flows.registry import CHAMPION, PolicyRegistry
 
     answer = fenced(builtin_source("least_outstanding"))
