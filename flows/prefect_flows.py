@@ -15,53 +15,44 @@ Scenarios: the pull flow saves each window's requests with the live fleet
 hands ``evolve`` the window's replay and augmented variants plus the guard
 scenarios; the nearest catalogue scenarios are kept as the fallback, used when
 the window files are gone (``flows.pulled_window.resolve_scenarios``).
+
+Each flow reads as its steps; the steps live in ``flows.pull_steps``,
+``flows.evolve_steps`` and ``flows.promote_steps``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
-from flows import links
+from flows import evolve_steps, promote_steps
 from flows.control_state import (
-    ensure_dir,
-    load_state,
-    read_reference,
     record_event,
     save_state,
     scenarios_to_replay,
     set_reference,
     windows_dir_of,
 )
-from flows.control_tracking import log_control_run, window_plot
-from flows.drift import DriftConfig, WindowSample, detect
-from flows.live import AdminClient, WatchConfig, watch
-from flows.promotion import PromotionConfig, compare
-from flows.pulled_window import (
-    build_window,
-    default_fleet,
-    sample_from,
-    scenarios_for,
-    window_scenarios,
+from flows.drift import DriftConfig
+from flows.live import AdminClient, WatchConfig
+from flows.pull_steps import (
+    SETTLE_S,
+    judge_drift,
+    log_window_run,
+    new_rows,
+    outcome,
+    reference_sample,
+    save_windows,
+    window_result,
 )
+from flows.pulled_window import build_window, default_fleet, sample_from, scenarios_for
 from flows.registry import CHALLENGER, CHAMPION, PolicyRegistry
-from serving.telemetry import read_telemetry
 
 DEFAULT_STATE = Path("mlruns") / "control"
-SETTLE_S = 5.0
-HOLDOUT_FRACTION = 0.25
-"""The newest quarter of each window is kept from evolution and judges promotion."""
-"""Rows are written when requests finish, so a request that arrived just before the
-newest one may still be in flight: only arrivals this much older than the newest row
-are consumed, and the watermark never passes an unfinished stretch."""
 
 
 def _run_name(kind: str) -> Callable[[], str]:
@@ -82,55 +73,7 @@ def _chain(chain: str, deployment: str, fn: Any, params: dict[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- pull
-def _new_rows(
-    telemetry_dir: str, state: Path, settle_s: float, min_requests: int, log: Any
-) -> tuple[Any, dict[str, Any] | None]:
-    """The telemetry rows past the watermark that have settled, or why there are none to
-    judge (the flow's result then)."""
-    if not Path(telemetry_dir).exists():
-        log.info("no telemetry yet at %s (the router writes it once it serves): nothing "
-                 "to pull", telemetry_dir)
-        return None, {"requests": 0, "trigger": False, "reason": "no telemetry yet"}
-    mark = load_state(state / "watermark.json", {"arrival_unix_s": None})
-    since = mark["arrival_unix_s"]
-    frame = read_telemetry(telemetry_dir, since_unix_s=since)
-    if since is not None:
-        frame = frame[frame.arrival_unix_s > since]
-    if frame.empty:
-        log.info("no new requests in %s since the watermark (%s)", telemetry_dir, since)
-        return None, {"requests": 0, "trigger": False, "reason": "no new requests"}
-    cutoff = float(frame.arrival_unix_s.max()) - settle_s
-    frame = frame[frame.arrival_unix_s <= cutoff]
-    if len(frame) < min_requests:
-        log.info("%d new requests, fewer than %d: waiting for more", len(frame), min_requests)
-        return None, {"requests": len(frame), "trigger": False, "reason": "too few new requests"}
-    return frame, None
-
-
-def _save_windows(
-    frame: Any, fleet: str, wdir: str, fallback: list[str], log: Any
-) -> tuple[str | None, list[str], list[str]]:
-    """Window files of the window's older part (what evolution sees) and of its newest
-    part (held back: promotion judges the challenger on traffic it was not tuned on);
-    (sha256 of the first, its scenarios, the held-back scenarios)."""
-    from sandbox.window_scenarios import save_window
-
-    cut = float(frame.arrival_unix_s.quantile(1 - HOLDOUT_FRACTION))
-    learn, held = frame[frame.arrival_unix_s <= cut], frame[frame.arrival_unix_s > cut]
-    try:
-        sha = save_window(learn, fleet, wdir)
-        scen = list(window_scenarios(sha, fleet))
-        holdout = scen
-        if len(held):
-            holdout = list(window_scenarios(save_window(held, fleet, wdir), fleet))
-    except Exception as e:  # an unknown fleet, a full disk: the catalogue stands in
-        log.warning("window not saved (%s): nearest catalogue scenarios instead", e)
-        return None, fallback, fallback
-    return sha, scen, holdout
-
-
-# Long for a reason: a flow's parameters and their Args lines are its deployment's
-# parameter form in the Prefect UI; the steps themselves are the helpers above.
+# Long by its parameter form (signature + Args: the deployment's UI form); the body is its steps.
 @flow(name="pull-telemetry", log_prints=True, flow_run_name=_run_name("pull"))
 def pull_telemetry(
     telemetry_dir: str,
@@ -166,47 +109,36 @@ def pull_telemetry(
     """
     log = get_run_logger()
     state = Path(state_dir)
-    frame, skipped = _new_rows(telemetry_dir, state, settle_s, min_requests, log)
+    frame, skipped = new_rows(telemetry_dir, state, settle_s, min_requests, log)
     if skipped is not None:
         return skipped
     save_state(state / "watermark.json", {"arrival_unix_s": float(frame.arrival_unix_s.max())})
-    window = build_window(frame)
-    cur = sample_from(frame)
-    ref_rec = read_reference(state)
-    ref = WindowSample.from_dict(ref_rec["sample"]) if ref_rec else None
+    window, cur, ref = build_window(frame), sample_from(frame), reference_sample(state)
     fallback = list(scenarios_for(window))
     wdir = windows_dir_of(state, windows_dir)
     fleet = cluster or default_fleet(window)
-    sha, scen, holdout = _save_windows(frame, fleet, wdir, fallback, log)
-    out: dict[str, Any] = {"requests": window.requests, "window": window.to_dict(),
-                           "scenarios": scen, "holdout_scenarios": holdout,
-                           "fallback_scenarios": fallback,
-                           "window_sha256": sha, "fleet": fleet, "trigger": False}
-    if ref is None:
-        set_reference(state, cur, scen, fallback)
-        out["reason"] = "first window: kept as the reference"
-        report = None
-    else:
-        report = detect(ref, cur, DriftConfig(alpha=alpha, min_requests=min_requests))
-        out |= {"trigger": report.trigger, "drift": report.metrics(), "reasons": report.reasons}
-    metrics = window.metrics() | ({f"drift.{k}": v for k, v in report.metrics().items()}
-                                  if report else {})
-    out["mlflow_run_id"] = log_control_run(
-        tracking_uri, "pull-telemetry", "pull", metrics,
-        {"scenarios": ",".join(scen), "telemetry_dir": telemetry_dir,
-         "window_sha256": str(sha), "fleet": fleet},
-        {"window.json": json.dumps(out, indent=1, default=str)}, window_plot(ref, cur),
-        description=f"Telemetry window of {window.requests} requests; "
-        + "; ".join(out.get("reasons") or [out.get("reason", "no drift")]),
+    sha, scen, holdout = save_windows(frame, fleet, wdir, fallback, log)
+    out = window_result(window, sha, scen, holdout, fallback, fleet)
+    report, judged = judge_drift(
+        state, ref, cur, scen, fallback, DriftConfig(alpha=alpha, min_requests=min_requests)
     )
-    log.info("window: %d requests, %.2f req/s; %s", window.requests, window.rate,
-             "; ".join(out.get("reasons") or [out.get("reason", "no drift")]))
+    out |= judged
+    out["mlflow_run_id"] = log_window_run(
+        tracking_uri, telemetry_dir, window, report, ref, cur, out
+    )
+    log.info("window: %d requests, %.2f req/s; %s", window.requests, window.rate, outcome(out))
     if out["trigger"]:
         record_event(state, "drift", reasons=out["reasons"], window_end=window.end_unix_s)
-        params = {"scenarios": scen, "holdout_scenarios": holdout,
-                  "fallback_scenarios": fallback, "state_dir": state_dir,
-                  "windows_dir": wdir, "tracking_uri": tracking_uri, "chain": chain,
-                  **(evolve_params or {})}
+        params = {
+            "scenarios": scen,
+            "holdout_scenarios": holdout,
+            "fallback_scenarios": fallback,
+            "state_dir": state_dir,
+            "windows_dir": wdir,
+            "tracking_uri": tracking_uri,
+            "chain": chain,
+            **(evolve_params or {}),
+        }
         out["evolve"] = _chain(chain, "evolve/evolve", evolve, params)
         # The new traffic is what the next champion is evolved on.
         set_reference(state, cur, scen, fallback)
@@ -214,27 +146,7 @@ def pull_telemetry(
 
 
 # --------------------------------------------------------------------------- evolve
-def _confirm_stage(settings: dict[str, Any]) -> Any:
-    from flows.evolution.config import ConfirmStage
-
-    # A flow parameter arrives as JSON: name a mistyped key instead of a TypeError.
-    known = {f.name for f in dataclasses.fields(ConfirmStage)}
-    if unknown := sorted(set(settings) - known):
-        raise ValueError(f"confirm: unknown setting(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
-    return ConfirmStage(**{k: tuple(v) if k == "gpu_ids" else v for k, v in settings.items()})
-
-
-def _champion(reg: PolicyRegistry) -> tuple[str, str] | None:
-    """(name, source) of the registered champion, the evolution's first parent; None yet."""
-    if reg.version_of(CHAMPION) is None:
-        return None
-    p = reg.fetch(CHAMPION)
-    return p.name, p.source
-
-
-# Long for a reason: a flow's parameters and their Args lines are its deployment's
-# parameter form in the Prefect UI; the steps themselves are the helpers above.
+# Long by its parameter form (signature + Args: the deployment's UI form); the body is its steps.
 @flow(name="evolve", log_prints=True, flow_run_name=_run_name("evolve"))
 def evolve(
     scenarios: list[str] | None = None,
@@ -304,113 +216,48 @@ def evolve(
             the window); empty: the same as scenarios.
         confirm: Replay-stage settings (ConfirmStage fields); empty: off.
     """
-    from flows.evolution.config import EvolutionConfig, LLMConfig, Suite
-    from flows.evolution.run import run_evolution
-    from flows.evolution.tracking import Tracker
-    from flows.fanout import TASK_RUNNERS
-
     log = get_run_logger()
-    if task_runner not in TASK_RUNNERS:
-        raise ValueError(f"unknown task runner {task_runner!r}; known: {', '.join(TASK_RUNNERS)}")
+    evolve_steps.check_task_runner(task_runner)
     wdir = windows_dir_of(state_dir, windows_dir)
     scenarios = scenarios_to_replay(state_dir, scenarios, wdir, fallback_scenarios)
     log.info("evolve on %s (task runner %s)", ", ".join(scenarios), task_runner)
-    cfg = EvolutionConfig(
-        quick=Suite(tuple(scenarios), (0,), scale, windows_dir=wdir),
-        full=None,
+    cfg = evolve_steps.evolution_config(
+        scenarios,
+        wdir,
         generations=generations,
         population=population,
-        islands=1,
         tune_trials=tune_trials,
+        scale=scale,
+        llm_base_url=llm_base_url,
+        llm_model=llm_model,
+        llm_wait_s=llm_wait_s,
         backend=backend,
         parallel=parallel,
         seed=seed,
-        llm=LLMConfig.from_env(llm_base_url, llm_model) if llm_base_url else LLMConfig(),
-        llm_wait_s=llm_wait_s,
-        confirm=_confirm_stage(confirm or {}),
+        seeds_policies=seeds_policies,
+        confirm=confirm,
     )
-    if seeds_policies:
-        cfg = cfg.with_(seeds_policies=tuple(seeds_policies))
-    champ = _champion(PolicyRegistry(tracking_uri))
-    # Named after the flow run, so the evolution's MLflow run reads like it.
-    run_name = (links.current_flow_run() or {}).get("name", "evolve")
-    runs = ensure_dir(Path(state_dir) / "runs")
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{run_name}-", dir=runs))
-    # Evaluations fan out as Prefect tasks: on this flow's runner, or on a Dask cluster.
-    summary = run_evolution(
-        cfg, run_dir, fanout="prefect" if task_runner == "threads" else task_runner,
-        dask_address=dask_address, dask_workers=dask_workers,
-        tracker=Tracker(tracking_uri), champion=champ,
+    summary = evolve_steps.run_here(
+        cfg, state_dir, tracking_uri, task_runner, dask_address, dask_workers
     )
-    log.info("evolution: seed %s %.4f -> best %s %.4f; %s", summary["seed_policy"],
-             summary["seed_objective"], summary["best_candidate"], summary["best_objective"],
-             f"registered version {summary['registered_version']} as challenger"
-             if summary["registered_version"] is not None
-             else "nothing registered: no candidate qualified as challenger")
-    record_event(state_dir, "evolved", version=summary["registered_version"],
-                 best=summary["best_objective"], seed=summary["seed_objective"],
-                 scenarios=scenarios)
+    evolve_steps.report(summary, state_dir, scenarios, log)
     summary["scenarios"] = scenarios
     if summary["registered_version"] is not None:
         # Promotion judges on the held-back part of the window (and held-back seeds).
-        params = {"challenger": summary["registered_version"], "state_dir": state_dir,
-                  "tracking_uri": tracking_uri, "scenarios": holdout_scenarios or scenarios,
-                  "windows_dir": wdir,
-                  **(promote_params or {})}
+        params = {
+            "challenger": summary["registered_version"],
+            "state_dir": state_dir,
+            "tracking_uri": tracking_uri,
+            "scenarios": holdout_scenarios or scenarios,
+            "windows_dir": wdir,
+            **(promote_params or {}),
+        }
         summary["promote"] = _chain(chain, "promote/promote", promote, params)
     return summary
 
 
 # --------------------------------------------------------------------------- promote
-def make_rollback(admin: AdminClient, reg: PolicyRegistry, version: str, previous: str,
-                  state_dir: str | Path) -> Any:
-    """What a regression during the dwell does: router back, alias back, both recorded."""
-
-    def rollback(after: dict[str, float]) -> None:
-        admin.rollback()
-        reg.set_alias(CHAMPION, previous)
-        reg.tag(version, "rolled_back", json.dumps(after, default=str))
-        record_event(state_dir, "rolled_back", version=version, live=after)
-
-    return rollback
-
-
-@task(name="paired-comparison", cache_policy=NO_CACHE)
-def _compare_task(champion_source: str, challenger_source: str,
-                  cfg: PromotionConfig) -> dict[str, Any]:
-    return compare(champion_source, challenger_source, cfg).to_dict()
-
-
-def _swap_and_watch(
-    admin: AdminClient, reg: PolicyRegistry, version: str, previous: str,
-    state_dir: str | Path, telemetry_dir: str | None, watch_cfg: WatchConfig,
-) -> dict[str, Any] | None:
-    """Load ``version`` into the live router; then, given telemetry, watch it for the
-    dwell period and roll back on a regression. The watch's result; None unwatched."""
-    swapped_at = time.time()
-    admin.load(reg.fetch(version))
-    record_event(state_dir, "swapped", version=version)
-    if not telemetry_dir:
-        return None
-    rollback = make_rollback(admin, reg, version, previous, state_dir)
-    return watch(telemetry_dir, version, previous, swapped_at, watch_cfg, rollback)
-
-
-def _decision_artifact(verdict: str, champ: Any, chal: Any, dec: dict[str, Any]) -> None:
-    """The decision as a Prefect markdown artifact on this flow run."""
-    links.markdown_artifact("promotion-decision", "\n".join([
-        f"## {verdict}", "", links.markdown_table([
-            ("champion", f"v{champ.version} ({champ.name})"),
-            ("challenger", f"v{chal.version} ({chal.name})"),
-            ("mean paired gain", dec["mean_diff"]),
-            ("95 % interval", f"[{dec['ci_low']:+.4f}, {dec['ci_high']:+.4f}]"),
-            *((f"gain on {k}", v) for k, v in dec["by_scenario"].items()),
-            ("reasons", "; ".join(dec["reasons"])),
-        ])]), "The promotion decision: paired held-back comparison of challenger and champion.")
-
-
-# Long for a reason: a flow's parameters and their Args lines are its deployment's
-# parameter form in the Prefect UI; the steps themselves are the helpers above.
+# Long by its parameter form (signature + Args: the deployment's UI form); the body is its steps.
 @flow(name="promote", log_prints=True, flow_run_name="promote-{challenger}")
 def promote(
     challenger: str = CHALLENGER,
@@ -452,69 +299,47 @@ def promote(
         backend: Sandbox of the paired re-runs: process, docker or auto.
     """
     from flows.live import admin_token_from_env
-    from flows.promotion import HELD_BACK_SEEDS
 
     log = get_run_logger()
     admin_token = admin_token or admin_token_from_env()
     reg = PolicyRegistry(tracking_uri)
     chal = reg.fetch(challenger)  # hash-checked
-    champ_version = reg.version_of(CHAMPION)
-    if champ_version is None:
-        # Nothing to beat: the first registered policy becomes the champion as it is.
-        reg.set_alias(CHAMPION, chal.version)
-        log.info("no champion yet: version %s (%s) becomes the champion as it is",
-                 chal.version, chal.name)
-        return {"promoted": True, "version": chal.version, "reasons": ["no champion yet"]}
+    if reg.version_of(CHAMPION) is None:
+        return promote_steps.first_champion(reg, chal, log)
     champ = reg.fetch(CHAMPION)
-    wdir = windows_dir_of(state_dir, windows_dir)
-    if not scenarios and read_reference(state_dir) is None:
-        scenarios = list(PromotionConfig().scenarios)
-    scenarios = scenarios_to_replay(state_dir, scenarios, wdir, None)
-    cfg = PromotionConfig(scenarios=tuple(scenarios), seeds=tuple(seeds or HELD_BACK_SEEDS),
-                          scale=scale, margin=margin, tolerance=tolerance, windows_dir=wdir,
-                          backend=backend)
-    dec = _compare_task(champ.source, chal.source, cfg)
-    out: dict[str, Any] = {"champion": champ.version, "challenger": chal.version,
-                           "promoted": dec["promote"], "reasons": dec["reasons"],
-                           "decision": dec, "rolled_back": False}
-    metrics = {k: v for k, v in dec.items() if isinstance(v, int | float) and v is not None}
-    metrics |= {f"diff.{k}": v for k, v in dec["by_scenario"].items()}
-    params = {"champion_version": champ.version, "challenger_version": chal.version,
-              "scenarios": ",".join(scenarios), "seeds": ",".join(map(str, cfg.seeds)),
-              "margin": str(margin), "tolerance": str(tolerance)}
-    log.info("challenger v%s (%s) vs champion v%s (%s) on %s, seeds %s: mean paired gain "
-             "%+.4f, 95%% interval [%+.4f, %+.4f]; %s: %s", chal.version, chal.name,
-             champ.version, champ.name, ", ".join(scenarios), list(cfg.seeds),
-             dec["mean_diff"], dec["ci_low"], dec["ci_high"],
-             "PROMOTED" if dec["promote"] else "not promoted", "; ".join(dec["reasons"]))
+    cfg = promote_steps.promotion_config(
+        state_dir,
+        scenarios,
+        seeds,
+        windows_dir,
+        scale=scale,
+        margin=margin,
+        tolerance=tolerance,
+        backend=backend,
+    )
+    dec = promote_steps.compare_task(champ.source, chal.source, cfg)
+    out = promote_steps.decision_result(champ, chal, dec)
+    metrics = promote_steps.decision_metrics(dec)
+    promote_steps.log_decision(champ, chal, cfg, dec, log)
     if dec["promote"]:
-        reg.set_alias(CHAMPION, chal.version)
-        reg.tag(chal.version, "promoted_from", champ.version)
-        record_event(state_dir, "promoted", version=chal.version, previous=champ.version,
-                     scenarios=scenarios)
+        promote_steps.crown(reg, chal, champ, state_dir, list(cfg.scenarios))
         if admin_url and admin_token:
-            w = _swap_and_watch(
-                AdminClient(admin_url, admin_token), reg, chal.version, champ.version, state_dir,
-                telemetry_dir if dwell_s > 0 else None,
-                WatchConfig(dwell_s=dwell_s, tolerance=rollback_tolerance,
-                            min_requests=min_live_requests),
+            admin = AdminClient(admin_url, admin_token)
+            watched = telemetry_dir if dwell_s > 0 else None
+            watch_cfg = WatchConfig(
+                dwell_s=dwell_s, tolerance=rollback_tolerance, min_requests=min_live_requests
+            )
+            w = promote_steps.swap_and_watch(
+                admin, reg, chal.version, champ.version, state_dir, watched, watch_cfg
             )
             if w is not None:
-                out["rolled_back"] = w["rolled_back"]
-                out["live"] = w
-                metrics |= {f"live_before.{k}": v for k, v in w["before"].items()}
-                metrics |= {f"live_after.{k}": v for k, v in w["after"].items()}
-                metrics["rolled_back"] = float(w["rolled_back"])
+                out |= {"rolled_back": w["rolled_back"], "live": w}
+                metrics |= promote_steps.watch_metrics(w)
     else:
         record_event(state_dir, "not_promoted", version=chal.version, reasons=dec["reasons"])
-    verdict = (f"v{chal.version} promoted over v{champ.version}" if dec["promote"]
-               else f"v{chal.version} not promoted (v{champ.version} stays champion)")
-    if out["rolled_back"]:
-        verdict += ", then rolled back on a live regression"
-    out["mlflow_run_id"] = log_control_run(
-        tracking_uri, f"promote-v{chal.version}", "promotion", metrics, params,
-        {"decision.json": json.dumps(out, indent=1, default=str)},
-        description=f"{verdict}: {'; '.join(dec['reasons'])}",
+    verdict = promote_steps.verdict_of(champ, chal, dec["promote"], out["rolled_back"])
+    out["mlflow_run_id"] = promote_steps.log_decision_run(
+        tracking_uri, champ, chal, cfg, metrics, out, verdict
     )
-    _decision_artifact(verdict, champ, chal, dec)
+    promote_steps.decision_artifact(verdict, champ, chal, dec)
     return out

@@ -11,7 +11,7 @@ from prefect_support import offline_prefect
 
 from serving.policy_loader import builtin_source
 
-HOLD_ALL = '''
+HOLD_ALL = """
 from serving.contract import HOLD, Param, ReplicaView, Request
 
 PARAMS: dict[str, Param] = {}
@@ -19,7 +19,7 @@ PARAMS: dict[str, Param] = {}
 
 def route(request: Request, replicas: tuple[ReplicaView, ...], now: float) -> int | None:
     return HOLD
-'''
+"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,10 +57,10 @@ def test_deployments_listed_with_schedules_and_registry_aliases(tmp_path: Path):
 
 def test_regression_after_promotion_rolls_back_router_and_alias(tmp_path: Path):
     from flows.control_state import read_events
-    from flows.demo import shots
+    from flows.demo_traffic import shots
     from flows.live import AdminClient, WatchConfig, watch
     from flows.live_cluster import LiveCluster
-    from flows.prefect_flows import make_rollback
+    from flows.promote_steps import make_rollback
     from flows.registry import CHAMPION, PolicyRegistry
     from sandbox.replay.loadgen import run_load
 
@@ -101,17 +101,27 @@ def test_regression_after_promotion_rolls_back_router_and_alias(tmp_path: Path):
 def test_closed_loop_with_scripted_llm(tmp_path: Path):
     from llm_double import LLMDouble, fenced
 
-    from flows.demo import DemoConfig, run_demo
+    from flows.demo import run_demo
+    from flows.demo_traffic import DemoConfig
     from flows.registry import CHAMPION, PolicyRegistry
 
     answer = fenced(builtin_source("least_outstanding"))
     with LLMDouble(lambda user: [{"content": answer}]) as llm:
         # A load-blind starting champion, so that the scripted answer is a real improvement:
         # this checks the loop's mechanics (the demo itself starts from the best baseline).
-        out = run_demo(DemoConfig(workdir=tmp_path, conv_s=20.0, code_s=45.0, pull_every_s=6.0,
-                                  dwell_s=3.0, llm_base_url=llm.url, population=1,
-                                  champion="round_robin"),
-                       log=lambda m: None)
+        out = run_demo(
+            DemoConfig(
+                workdir=tmp_path,
+                conv_s=20.0,
+                code_s=45.0,
+                pull_every_s=6.0,
+                dwell_s=3.0,
+                llm_base_url=llm.url,
+                population=1,
+                champion="round_robin",
+            ),
+            log=lambda m: None,
+        )
     assert out["control_error"] is None, out["control_error"]
     assert out["drift_detected_s"] is not None and out["drift_detected_s"] > 0
     assert out["promoted_version"] is not None, out["events"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flows.demo import DemoConfig, best_baseline, traffic_scenario, verdict, verdict_line
+from flows.demo_report import verdict, verdict_line
+from flows.demo_traffic import DemoConfig, best_baseline, traffic_scenario
 from serving.policy_loader import BUILTIN_POLICIES
 
 

@@ -75,15 +75,23 @@ def marker(monkeypatch):
     monkeypatch.setenv(MARKER_ENV, tag)
     yield tag
     deadline = time.monotonic() + 3.0
-    while (left := [p for p in leftover_processes(tag) if p != os.getpid()]) and \
-            time.monotonic() < deadline:
+    while (
+        left := [p for p in leftover_processes(tag) if p != os.getpid()]
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == [], f"processes left behind: {left}"
 
 
 def test_replay_agrees_with_the_simulator_on_a_slice(marker):
-    req = ReplayRequest(LO, "bursty-code", name="least_outstanding", seed=1, requests=100,
-                        target=EngineTarget(time_scale=0.5), wall_s=120.0)
+    req = ReplayRequest(
+        LO,
+        "bursty-code",
+        name="least_outstanding",
+        seed=1,
+        requests=100,
+        target=EngineTarget(time_scale=0.5),
+        wall_s=120.0,
+    )
     res = run_isolated(req)
     assert res.ok, f"{res.stage}: {res.error}"
     assert res.engine_kind == "simulated" and len(res.engines) == 2
@@ -111,8 +119,16 @@ def _new_children(before: set[int], grace_s: float = 3.0) -> set[int]:
 
 def test_a_policy_that_raises_falls_back_and_still_returns():
     before = set(_children())
-    res = run(ReplayRequest(RAISES, "bursty-code", name="raises", scale=0.2, requests=20,
-                            target=EngineTarget(time_scale=0.25)))
+    res = run(
+        ReplayRequest(
+            RAISES,
+            "bursty-code",
+            name="raises",
+            scale=0.2,
+            requests=20,
+            target=EngineTarget(time_scale=0.25),
+        )
+    )
     assert res.ok, f"{res.stage}: {res.error}"
     assert res.failures == 0 and res.summary["completed"] == 20
     # The router's fallback routed them; after five failures in a row it demoted the policy.
@@ -124,8 +140,9 @@ def test_a_policy_that_raises_falls_back_and_still_returns():
 def test_an_unreachable_engine_is_a_clear_error():
     url = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
-    res = run(ReplayRequest(LO, "bursty-code", scale=0.2, requests=5,
-                            target=EngineTarget.parse(url)))
+    res = run(
+        ReplayRequest(LO, "bursty-code", scale=0.2, requests=5, target=EngineTarget.parse(url))
+    )
     assert not res.ok and res.stage == "engines"
     assert url in res.error and "unreachable" in res.error
     assert time.monotonic() - t0 < 20
@@ -140,8 +157,15 @@ def test_engines_at_urls_are_replayed_as_they_are():
     fleet = asyncio.run(up())
     try:
         urls = tuple(e.url for e in fleet.engines())
-        res = run(ReplayRequest(LO, "bursty-code", scale=0.2, requests=20,
-                                target=EngineTarget(kind="urls", urls=urls)))
+        res = run(
+            ReplayRequest(
+                LO,
+                "bursty-code",
+                scale=0.2,
+                requests=20,
+                target=EngineTarget(kind="urls", urls=urls),
+            )
+        )
         assert res.ok, f"{res.stage}: {res.error}"
         assert res.engine_kind == "urls" and tuple(res.engines) == urls
         assert res.failures == 0 and res.summary["completed"] == 20
@@ -160,8 +184,9 @@ def test_engines_at_urls_form_the_cluster_the_simulator_is_given():
 
 
 def test_a_stage_past_its_limit_is_stopped_with_its_engines(marker):
-    req = ReplayRequest(LO, "bursty-code", scale=0.2, requests=200,
-                        target=EngineTarget(time_scale=1.0), wall_s=6.0)
+    req = ReplayRequest(
+        LO, "bursty-code", scale=0.2, requests=200, target=EngineTarget(time_scale=1.0), wall_s=6.0
+    )
     t0 = time.monotonic()
     res = run_isolated(req, grace_s=5.0)
     assert not res.ok and res.stage == "timeout" and "6 s" in res.error
@@ -178,10 +203,13 @@ def test_a_policy_that_never_returns_cannot_hang_the_stage(marker):
 
 def _tiny() -> Scenario:
     n = 6
-    w = Workload(arrival_s=np.array([5.0, 5.5, 6.0, 7.0, 9.0, 12.0]),
-                 prompt_tokens=np.full(n, 100, dtype=np.int64),
-                 output_tokens=np.full(n, 10, dtype=np.int64),
-                 max_tokens=np.full(n, 10, dtype=np.int64), name="tiny")
+    w = Workload(
+        arrival_s=np.array([5.0, 5.5, 6.0, 7.0, 9.0, 12.0]),
+        prompt_tokens=np.full(n, 100, dtype=np.int64),
+        output_tokens=np.full(n, 10, dtype=np.int64),
+        max_tokens=np.full(n, 10, dtype=np.int64),
+        name="tiny",
+    )
     cluster = ClusterSpec("llama-3-8b", {"H100": 2}, Plan((ReplicaSpec("H100"),) * 2))
     events = (ClusterEvent(6.5, "fail_replica", replica=0), ClusterEvent(30.0, "add_gpus"))
     return Scenario("tiny", "", w, cluster, events)
@@ -220,9 +248,11 @@ def test_engine_targets_parse_and_refuse_what_cannot_work():
 
 # --------------------------------------------------------------------------- in the cascade
 def _confirming(**kw) -> EvolutionConfig:
-    return EvolutionConfig(quick=Suite(("bursty-code",), (0,), 0.2), full=None,
-                           confirm=ConfirmStage(**{"top_k": 2, "requests": 20,
-                                                   "time_scale": 0.25, **kw}))
+    return EvolutionConfig(
+        quick=Suite(("bursty-code",), (0,), 0.2),
+        full=None,
+        confirm=ConfirmStage(**{"top_k": 2, "requests": 20, "time_scale": 0.25, **kw}),
+    )
 
 
 def test_the_cascade_confirms_through_the_worker_and_journals_it(tmp_path):
@@ -246,11 +276,14 @@ def _cand(cid: str, quick: float, origin: str = "tune") -> Candidate:
     return Candidate(cid, f"# {cid}\n{LO}", cid, cid, 1, 0, origin, quick=quick)
 
 
-@pytest.mark.parametrize(("top_k", "b_replayed", "expected"), [
-    (0, 0.88, "g001-s000"),  # stage off: the simulator's best
-    (2, 0.88, "g001-s001"),  # A faulted on the router; B confirmed within tolerance
-    (2, 0.80, None),  # B trails the champion's replay by more than the tolerance
-])
+@pytest.mark.parametrize(
+    ("top_k", "b_replayed", "expected"),
+    [
+        (0, 0.88, "g001-s000"),  # stage off: the simulator's best
+        (2, 0.88, "g001-s001"),  # A faulted on the router; B confirmed within tolerance
+        (2, 0.80, None),  # B trails the champion's replay by more than the tolerance
+    ],
+)
 def test_the_challenger_is_what_the_replay_confirmed(tmp_path, top_k, b_replayed, expected):
     cfg = _confirming(top_k=top_k)
     archive = Archive(cfg.islands, cfg.min_gain)
@@ -258,9 +291,11 @@ def test_the_challenger_is_what_the_replay_confirmed(tmp_path, top_k, b_replayed
     a, b, c = _cand("g001-s000", 0.90), _cand("g001-s001", 0.85), _cand("g001-s002", 0.84)
     for x in (champ, a, b, c):
         archive.record(x)
-    replayed = {champ.source: Outcome(0.85), a.source: Outcome(None, stage="confirm:fault",
-                                                               reason="route() raised"),
-                b.source: Outcome(b_replayed)}
+    replayed = {
+        champ.source: Outcome(0.85),
+        a.source: Outcome(None, stage="confirm:fault", reason="route() raised"),
+        b.source: Outcome(b_replayed),
+    }
     asked: list[str] = []
 
     class Replayer:  # the cascade's replay stage, answered from the table above
@@ -277,10 +312,10 @@ def test_the_challenger_is_what_the_replay_confirmed(tmp_path, top_k, b_replayed
 
 
 def test_the_evolve_flow_takes_the_stage_as_json_settings():
-    from flows.prefect_flows import _confirm_stage
+    from flows.evolve_steps import confirm_stage
 
-    stage = _confirm_stage({"top_k": 2, "target": "simulated", "gpu_ids": ["0", "1"]})
+    stage = confirm_stage({"top_k": 2, "target": "simulated", "gpu_ids": ["0", "1"]})
     assert stage == ConfirmStage(top_k=2, target="simulated", gpu_ids=("0", "1"))
-    assert _confirm_stage({}) == ConfirmStage()
+    assert confirm_stage({}) == ConfirmStage()
     with pytest.raises(ValueError, match=r"unknown setting.*topk"):
-        _confirm_stage({"topk": 2})
+        confirm_stage({"topk": 2})

@@ -112,7 +112,8 @@ def demo(
 ) -> None:
     """The closed loop on a live router: shift, drift, evolve, promote, before/after."""
     quiet_defaults()
-    from flows.demo import DemoConfig, on_cpu_engines, run_demo
+    from flows.demo import run_demo
+    from flows.demo_traffic import DemoConfig, on_cpu_engines
 
     if engines not in ("simulated", "llamacpp"):
         fail(f"--engines must be simulated or llamacpp, not {engines!r}")
@@ -137,7 +138,7 @@ def demo(
 
 def _print_demo(out: dict) -> None:
     """Before, after and the best static baseline on the same live traffic; the verdicts."""
-    from flows.demo import verdict_line
+    from flows.demo_report import verdict_line
 
     table = Table(
         title="Live code traffic: before vs after the promoted champion, and the "
