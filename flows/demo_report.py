@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flows.demo_traffic import FLEET, DemoConfig, best_baseline, traffic_scenario
 from flows.live import LiveSLO, live_metrics
 from flows.live_cluster import LiveCluster
-from serving.loadgen import Shot, run_load
+from sandbox.replay.loadgen import Shot, run_load
 
 if TYPE_CHECKING:
     from flows.demo import ControlLoop, DemoSetup

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from flows.live import LiveSLO
-from serving.loadgen import Shot
+from sandbox.replay.loadgen import Shot
 from serving.prompt_tokens import synth_prompt
 
 FLEET = ("H100", "A100")
