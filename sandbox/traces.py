@@ -39,13 +39,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 # ``X as X``: public names of this module that now live with their format's reader.
-from sandbox.trace_formats.csv_formats import _load_azure, _load_lengths, _load_vidur
+from sandbox.trace_formats.csv_formats import load_azure, load_lengths, load_vidur
 from sandbox.trace_formats.csv_formats import poisson_arrivals as poisson_arrivals
 from sandbox.trace_formats.mooncake import MOONCAKE_BLOCK_TOKENS as MOONCAKE_BLOCK_TOKENS
-from sandbox.trace_formats.mooncake import _load_mooncake
+from sandbox.trace_formats.mooncake import load_mooncake
 from sandbox.trace_formats.servegen import SERVEGEN_WINDOW_S as SERVEGEN_WINDOW_S
-from sandbox.trace_formats.servegen import _load_servegen
-from sandbox.trace_formats.telemetry import _load_telemetry
+from sandbox.trace_formats.servegen import load_servegen
+from sandbox.trace_formats.telemetry import load_telemetry
 from sandbox.workload import Workload, WorkloadError
 from serving.shared_data import SHARED_ENV, shared_dir
 
@@ -126,12 +126,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 _LOADERS: dict[str, Callable[..., Workload]] = {
-    "azure": _load_azure,
-    "vidur": _load_vidur,
-    "lengths": _load_lengths,
-    "mooncake": _load_mooncake,
-    "servegen": _load_servegen,
-    "telemetry": _load_telemetry,
+    "azure": load_azure,
+    "vidur": load_vidur,
+    "lengths": load_lengths,
+    "mooncake": load_mooncake,
+    "servegen": load_servegen,
+    "telemetry": load_telemetry,
 }
 
 

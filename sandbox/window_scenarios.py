@@ -186,7 +186,7 @@ def verified_bytes(path: Path) -> bytes:
 def _load(data: bytes, name: str) -> tuple[Workload, ClusterSpec, SLO]:
     import pyarrow.parquet as pq
 
-    from sandbox.trace_formats.telemetry import _from_frame
+    from sandbox.trace_formats.telemetry import workload_from_frame
 
     meta = pq.read_schema(io.BytesIO(data)).metadata or {}
     if CLUSTER_KEY not in meta:
@@ -204,7 +204,7 @@ def _load(data: bytes, name: str) -> tuple[Workload, ClusterSpec, SLO]:
     table = pq.read_table(io.BytesIO(data), columns=list(TELEMETRY_SCHEMA.names))
     frame = table.cast(TELEMETRY_SCHEMA).to_pandas()
     frame = frame.sort_values("arrival_unix_s", kind="stable", ignore_index=True)
-    w = _from_frame(frame, name, name)
+    w = workload_from_frame(frame, name, name)
     return w, cluster, slo
 
 

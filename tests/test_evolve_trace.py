@@ -19,7 +19,7 @@ from flows.cli import app
 from flows.evolution.rundir import EvolutionError, best_source
 from flows.trace_holdout import UTILISATION, fleet_for, prepare
 from sandbox.stretches import fleet_capacity
-from sandbox.trace_formats.telemetry import _from_frame, workload_frame
+from sandbox.trace_formats.telemetry import workload_frame, workload_from_frame
 from sandbox.traces import load_trace
 from sandbox.transforms import scale_rate
 from sandbox.window_scenarios import CLUSTER_KEY, build_window_scenario, window_names
@@ -42,7 +42,7 @@ def same(a: Workload, b: Workload) -> None:
 def test_a_workload_survives_the_telemetry_frame_and_back():
     mooncake = load_trace(MOONCAKE)
     assert mooncake.has_prefixes and mooncake.prefix_block_tokens == 512
-    same(mooncake, _from_frame(workload_frame(mooncake), "frame", "frame"))
+    same(mooncake, workload_from_frame(workload_frame(mooncake), "frame", "frame"))
     n = 5
     sessions = Workload(
         arrival_s=np.array([0.0, 0.5, 0.5, 2.0, 3.25]),
@@ -54,7 +54,7 @@ def test_a_workload_survives_the_telemetry_frame_and_back():
     frame = workload_frame(sessions, start_unix_s=1.7e9)
     assert len(frame) == n and set(frame["status"]) == {"ok"}
     assert frame["arrival_unix_s"].iloc[0] == 1.7e9
-    same(sessions, _from_frame(frame, "frame", "frame"))
+    same(sessions, workload_from_frame(frame, "frame", "frame"))
 
 
 def test_a_window_file_of_a_trace_replays_that_trace(tmp_path):

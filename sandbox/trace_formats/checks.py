@@ -11,7 +11,7 @@ import pandas as pd
 from sandbox.workload import Workload, WorkloadError
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+def read_csv_columns(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     try:
         # Everything as text first: pandas would otherwise coerce or guess, and we
         # want to say which line holds the bad value.
@@ -31,11 +31,11 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
-def _line(i: int, header: bool = True) -> int:
+def line_number(i: int, header: bool = True) -> int:
     return i + 2 if header else i + 1
 
 
-def _numeric(path: Path, frame: pd.DataFrame, col: str, header: bool = True) -> np.ndarray:
+def numeric_column(path: Path, frame: pd.DataFrame, col: str, header: bool = True) -> np.ndarray:
     raw = frame[col]
     values = pd.to_numeric(raw, errors="coerce")
     bad = values.isna().to_numpy()
@@ -43,44 +43,46 @@ def _numeric(path: Path, frame: pd.DataFrame, col: str, header: bool = True) -> 
         i = int(np.argmax(bad))
         text = str(raw.iloc[i])
         what = "a missing value" if text.strip() == "" else f"non-numeric value {text!r}"
-        raise WorkloadError(f"{path}: column {col} has {what} on line {_line(i, header)}")
+        raise WorkloadError(f"{path}: column {col} has {what} on line {line_number(i, header)}")
     return values.to_numpy(dtype=np.float64)
 
 
-def _lengths(path: Path, values: np.ndarray, col: str, header: bool = True) -> np.ndarray:
+def checked_lengths(path: Path, values: np.ndarray, col: str, header: bool = True) -> np.ndarray:
     """Token counts: integers >= 1, or a WorkloadError naming the first bad line."""
     if not np.all(np.isfinite(values)):
         i = int(np.argmax(~np.isfinite(values)))
-        raise WorkloadError(f"{path}: column {col} is not finite on line {_line(i, header)}")
+        raise WorkloadError(f"{path}: column {col} is not finite on line {line_number(i, header)}")
     neg = values < 0
     if neg.any():
         i = int(np.argmax(neg))
         raise WorkloadError(
-            f"{path}: column {col} has negative length {values[i]:g} on line {_line(i, header)}"
+            f"{path}: column {col} has negative length {values[i]:g} "
+            f"on line {line_number(i, header)}"
         )
     zero = values < 1
     if zero.any():
         i = int(np.argmax(zero))
         raise WorkloadError(
-            f"{path}: column {col} has length {values[i]:g} on line {_line(i, header)}; "
+            f"{path}: column {col} has length {values[i]:g} on line {line_number(i, header)}; "
             "lengths must be >= 1 token"
         )
     frac = values != np.floor(values)
     if frac.any():
         i = int(np.argmax(frac))
         raise WorkloadError(
-            f"{path}: column {col} has non-integer length {values[i]:g} on line {_line(i, header)}"
+            f"{path}: column {col} has non-integer length {values[i]:g} "
+            f"on line {line_number(i, header)}"
         )
     return values.astype(np.int64)
 
 
-def _relative_sorted(path: Path, t: np.ndarray, col: str, header: bool = True) -> np.ndarray:
+def checked_relative_times(path: Path, t: np.ndarray, col: str, header: bool = True) -> np.ndarray:
     """Arrival seconds relative to the first row; rejects going back in time."""
     back = np.diff(t) < 0
     if back.any():
         i = int(np.argmax(back)) + 1
         raise WorkloadError(
-            f"{path}: timestamps are not sorted: column {col} on line {_line(i, header)} "
+            f"{path}: timestamps are not sorted: column {col} on line {line_number(i, header)} "
             f"is earlier than the line before"
         )
     return t - t[0]
@@ -96,7 +98,7 @@ def client_cap(outputs: np.ndarray) -> int:
     return 1 << (longest - 1).bit_length()
 
 
-def _workload(
+def checked_workload(
     path: Path,
     fmt: str,
     arrival_s: np.ndarray,

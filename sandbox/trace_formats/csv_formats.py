@@ -8,44 +8,52 @@ import numpy as np
 import pandas as pd
 
 from sandbox.trace_formats.checks import (
-    _lengths,
-    _line,
-    _numeric,
-    _read_csv,
-    _relative_sorted,
-    _workload,
+    checked_lengths,
+    checked_relative_times,
+    checked_workload,
     client_cap,
+    line_number,
+    numeric_column,
+    read_csv_columns,
 )
 from sandbox.workload import Workload, WorkloadError
 
 
-def _load_azure(path: Path, name: str | None) -> Workload:
-    frame = _read_csv(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
-    prompt = _lengths(path, _numeric(path, frame, "ContextTokens"), "ContextTokens")
-    output = _lengths(path, _numeric(path, frame, "GeneratedTokens"), "GeneratedTokens")
+def load_azure(path: Path, name: str | None) -> Workload:
+    frame = read_csv_columns(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"))
+    prompt = checked_lengths(path, numeric_column(path, frame, "ContextTokens"), "ContextTokens")
+    output = checked_lengths(
+        path, numeric_column(path, frame, "GeneratedTokens"), "GeneratedTokens"
+    )
     stamps = pd.to_datetime(frame["TIMESTAMP"], format="mixed", errors="coerce")
     bad = stamps.isna().to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         raise WorkloadError(
-            f"{path}: unparseable timestamp {frame['TIMESTAMP'].iloc[i]!r} on line {_line(i)}"
+            f"{path}: unparseable timestamp {frame['TIMESTAMP'].iloc[i]!r} on line {line_number(i)}"
         )
     # Nanosecond integers first: float seconds since 1970 would lose sub-µs precision.
     ns = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    rel = _relative_sorted(path, (ns - ns[0]).astype(np.float64) / 1e9, "TIMESTAMP")
-    return _workload(path, "azure", rel, prompt, output, name, meta={"start": str(stamps.iloc[0])})
+    rel = checked_relative_times(path, (ns - ns[0]).astype(np.float64) / 1e9, "TIMESTAMP")
+    return checked_workload(
+        path, "azure", rel, prompt, output, name, meta={"start": str(stamps.iloc[0])}
+    )
 
 
-def _load_vidur(path: Path, name: str | None) -> Workload:
-    frame = _read_csv(path, ("arrived_at", "num_prefill_tokens", "num_decode_tokens"))
-    t = _numeric(path, frame, "arrived_at")
+def load_vidur(path: Path, name: str | None) -> Workload:
+    frame = read_csv_columns(path, ("arrived_at", "num_prefill_tokens", "num_decode_tokens"))
+    t = numeric_column(path, frame, "arrived_at")
     if not np.all(np.isfinite(t)):
         i = int(np.argmax(~np.isfinite(t)))
-        raise WorkloadError(f"{path}: column arrived_at is not finite on line {_line(i)}")
-    rel = _relative_sorted(path, t, "arrived_at")
-    prompt = _lengths(path, _numeric(path, frame, "num_prefill_tokens"), "num_prefill_tokens")
-    output = _lengths(path, _numeric(path, frame, "num_decode_tokens"), "num_decode_tokens")
-    return _workload(path, "vidur", rel, prompt, output, name)
+        raise WorkloadError(f"{path}: column arrived_at is not finite on line {line_number(i)}")
+    rel = checked_relative_times(path, t, "arrived_at")
+    prompt = checked_lengths(
+        path, numeric_column(path, frame, "num_prefill_tokens"), "num_prefill_tokens"
+    )
+    output = checked_lengths(
+        path, numeric_column(path, frame, "num_decode_tokens"), "num_decode_tokens"
+    )
+    return checked_workload(path, "vidur", rel, prompt, output, name)
 
 
 def poisson_arrivals(n: int, rate: float, seed: int) -> np.ndarray:
@@ -57,7 +65,7 @@ def poisson_arrivals(n: int, rate: float, seed: int) -> np.ndarray:
     return np.cumsum(gaps)
 
 
-def _load_lengths(
+def load_lengths(
     path: Path,
     name: str | None,
     *,
@@ -66,9 +74,13 @@ def _load_lengths(
     arrivals_from: Workload | None = None,
     n: int | None = None,
 ) -> Workload:
-    frame = _read_csv(path, ("num_prefill_tokens", "num_decode_tokens"))
-    prompt = _lengths(path, _numeric(path, frame, "num_prefill_tokens"), "num_prefill_tokens")
-    output = _lengths(path, _numeric(path, frame, "num_decode_tokens"), "num_decode_tokens")
+    frame = read_csv_columns(path, ("num_prefill_tokens", "num_decode_tokens"))
+    prompt = checked_lengths(
+        path, numeric_column(path, frame, "num_prefill_tokens"), "num_prefill_tokens"
+    )
+    output = checked_lengths(
+        path, numeric_column(path, frame, "num_decode_tokens"), "num_decode_tokens"
+    )
     if arrivals_from is not None:
         src = arrivals_from.arrival_s
         arrivals = src - (src[0] if len(src) else 0.0)
@@ -88,7 +100,7 @@ def _load_lengths(
     rng = np.random.default_rng(0 if seed is None else seed + 1)
     replace = count > len(prompt)
     idx = rng.choice(len(prompt), size=count, replace=replace)
-    return _workload(
+    return checked_workload(
         path,
         "lengths",
         arrivals,

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sandbox.trace_formats.checks import _lengths, _relative_sorted, _workload
+from sandbox.trace_formats.checks import checked_lengths, checked_relative_times, checked_workload
 from sandbox.workload import Workload, WorkloadError
 
 MOONCAKE_BLOCK_TOKENS = 512
 
 
-def _load_mooncake(path: Path, name: str | None) -> Workload:
+def load_mooncake(path: Path, name: str | None) -> Workload:
     opener = gzip.open if path.name.endswith(".gz") else open
     stamps: list[float] = []
     prompt: list[int] = []
@@ -48,10 +48,10 @@ def _load_mooncake(path: Path, name: str | None) -> Workload:
     if not stamps:
         raise WorkloadError(f"{path}: empty file")
     t = np.asarray(stamps) / 1000.0  # the trace's timestamps are milliseconds
-    rel = _relative_sorted(path, t, "timestamp", header=False)
-    p = _lengths(path, np.asarray(prompt, dtype=np.float64), "input_length", header=False)
-    o = _lengths(path, np.asarray(output, dtype=np.float64), "output_length", header=False)
-    return _workload(
+    rel = checked_relative_times(path, t, "timestamp", header=False)
+    p = checked_lengths(path, np.asarray(prompt, dtype=np.float64), "input_length", header=False)
+    o = checked_lengths(path, np.asarray(output, dtype=np.float64), "output_length", header=False)
+    return checked_workload(
         path,
         "mooncake",
         rel,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sandbox.trace_formats.checks import _workload, client_cap
+from sandbox.trace_formats.checks import checked_workload, client_cap
 from sandbox.workload import Workload, WorkloadError
 
 SERVEGEN_WINDOW_S = 600.0
@@ -41,7 +41,7 @@ def _sample_pmf(pmf: pd.DataFrame, field: str, n: int, rng: np.random.Generator)
     return rows["value"].to_numpy()[rng.choice(len(rows), size=n, p=prob)].astype(np.int64)
 
 
-def _load_servegen(
+def load_servegen(
     path: Path,
     name: str | None,
     *,
@@ -71,7 +71,7 @@ def _load_servegen(
     if not lpath.is_file():
         raise WorkloadError(f"{path}: ServeGen length file {lpath} is missing")
     prompt, output, cap = _pool_lengths(lpath, pool, len(t), rng)
-    return _workload(
+    return checked_workload(
         path,
         "servegen",
         t - start_s,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sandbox.trace_formats.checks import _workload
+from sandbox.trace_formats.checks import checked_workload
 from sandbox.workload import Workload, WorkloadError
 from serving.contract import DEFAULT_MAX_OUTPUT_TOKENS
 
 
-def _load_telemetry(
+def load_telemetry(
     path: Path,
     name: str | None,
     *,
@@ -30,10 +30,10 @@ def _load_telemetry(
         frame = read_telemetry(path, since_unix_s=since_unix_s)
     except TelemetryError as exc:
         raise WorkloadError(str(exc)) from exc
-    return _from_frame(frame, path, name, statuses)
+    return workload_from_frame(frame, path, name, statuses)
 
 
-def _from_frame(
+def workload_from_frame(
     frame, path: Path | str, name: str | None, statuses: tuple[str, ...] | None = None
 ) -> Workload:
     """A telemetry frame (rows sorted by arrival) as a Workload; ``path`` names it in errors."""
@@ -73,7 +73,7 @@ def _from_frame(
     sessions = frame["session_id"].fillna("").astype(str)
     session_ids = tuple(sessions) if (sessions != "").any() else ()
     non_ok = int((frame["status"] != "ok").sum())
-    return _workload(
+    return checked_workload(
         path,
         "telemetry",
         t - t[0],
@@ -91,7 +91,7 @@ def _from_frame(
 def workload_frame(w: Workload, start_unix_s: float = 0.0):
     """``w`` as a telemetry frame (``serving.telemetry.TELEMETRY_SCHEMA`` columns).
 
-    Keeps what a replay reads back (``_from_frame``): arrival (``start_unix_s`` plus
+    Keeps what a replay reads back (``workload_from_frame``): arrival (``start_unix_s`` plus
     the workload's own times), prompt, output and max tokens, prefix hashes with their
     block size, session ids. Every row is ``ok`` (it is demand, not an outcome) and
     served by no replica; latencies are NaN: the trace did not measure them here.
