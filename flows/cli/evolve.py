@@ -25,6 +25,17 @@ if TYPE_CHECKING:
     from sandbox.objectives import Objective
 
 
+# `evolve` and `bench evolution` take the same switch.
+LlmCompose = Annotated[
+    bool | None,
+    typer.Option(
+        "--llm-compose/--llm-edit",
+        help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
+        "schema) rather than for an edit of its code (default: compose with --llm local).",
+    ),
+]
+
+
 def _rich_progress(progress: Progress) -> Hooks:
     from flows.evolution.loop import Progress as Hooks
 
@@ -112,14 +123,7 @@ def evolve(
         typer.Option(help="Every slot waits for one LLM answer: reproducible, as slow as the LLM."),
     ] = False,
     llm_concurrency: Annotated[int, typer.Option(help="LLM requests in flight at once.")] = 1,
-    llm_compose: Annotated[
-        bool | None,
-        typer.Option(
-            "--llm-compose/--llm-edit",
-            help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
-            "schema) rather than for an edit of its code (default: compose with --llm local).",
-        ),
-    ] = None,
+    llm_compose: LlmCompose = None,
     confirm_top_k: Annotated[
         int,
         typer.Option(

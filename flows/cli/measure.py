@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from flows.cli.evolve import LlmCompose
 from flows.cli.output import JsonOut, console, fail, funnel_table, progress, write_json
 
 if TYPE_CHECKING:
@@ -288,14 +289,7 @@ def bench_evolution(
         str, typer.Option(help="none (search only), local (serve-local's URL), or a base URL.")
     ] = "none",
     model: Annotated[str | None, typer.Option(help="LLM model name(s).")] = None,
-    llm_compose: Annotated[
-        bool | None,
-        typer.Option(
-            "--llm-compose/--llm-edit",
-            help="Where the parent is a kit composition, ask the LLM for one (JSON held to a "
-            "schema) rather than for an edit of its code (default: compose with --llm local).",
-        ),
-    ] = None,
+    llm_compose: LlmCompose = None,
     headroom: Annotated[
         bool, typer.Option(help="Also compute each scenario's clairvoyant reference (slower).")
     ] = False,
