@@ -366,6 +366,7 @@ def _check_deployment_chain(
 
 
 # --------------------------------------------------------------------------- main
+# Long for a reason: the checks in the order a user meets them, each a named function.
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shots", type=Path, help="save the README screenshots here")
