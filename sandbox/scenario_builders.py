@@ -107,18 +107,19 @@ def _h100s(n: int, tp: int = 1) -> tuple[ReplicaSpec, ...]:
     return tuple(ReplicaSpec("H100", tp) for _ in range(n))
 
 
-def _conv_like(
+def _stretch(
     seed: int,
     name: str,
     size: Size,
     util: Load | float,
     model: str,
     specs: tuple[ReplicaSpec, ...],
+    trace_name: str = "azure-conv",
 ) -> Workload:
-    """A stretch of Azure conv at ``util`` x the capacity of ``specs`` (the base fleet)."""
+    """A stretch of ``trace_name`` at ``util`` x the capacity of ``specs`` (the base fleet)."""
     load = util.of(size.split) if isinstance(util, Load) else util
     return trace_segment(
-        trace("azure-conv"),
+        trace(trace_name),
         at_utilization(load, model, specs),
         size.duration_s,
         rng_stream(seed, name, "segment"),
@@ -127,18 +128,13 @@ def _conv_like(
 
 
 def steady_conv(seed: int, size: Size) -> Built:
-    w = _conv_like(seed, "steady-conv", size, CONV_UTIL, MODEL_8B, _h100s(size.base_units))
+    w = _stretch(seed, "steady-conv", size, CONV_UTIL, MODEL_8B, _h100s(size.base_units))
     return w, _homogeneous(MODEL_8B, "H100", 1, size.units), (), SLO()
 
 
 def bursty_code(seed: int, size: Size) -> Built:
-    w = trace_segment(
-        trace("azure-code"),
-        at_utilization(CODE_UTIL.of(size.split), MODEL_8B, _h100s(size.base_units)),
-        size.duration_s,
-        rng_stream(seed, "bursty-code", "segment"),
-        size.split,
-    )
+    specs = _h100s(size.base_units)
+    w = _stretch(seed, "bursty-code", size, CODE_UTIL, MODEL_8B, specs, "azure-code")
     return w, _homogeneous(MODEL_8B, "H100", 1, size.units), (), SLO()
 
 
@@ -171,7 +167,7 @@ def gpu_loss(seed: int, size: Size) -> Built:
     # run and come back at 55 %: the static plan stays at half size for the rest of
     # the run, a rescheduling policy restarts replicas on the returned GPUs.
     d = size.duration_s
-    w = _conv_like(seed, "gpu-loss", size, LOSS_UTIL, MODEL_70B, _h100s(size.base_units, 4))
+    w = _stretch(seed, "gpu-loss", size, LOSS_UTIL, MODEL_70B, _h100s(size.base_units, 4))
     cluster = _homogeneous(MODEL_70B, "H100", 4, size.units)
     lost = 4 * (size.units // 2)
     events = (
@@ -185,7 +181,7 @@ def replica_failure(seed: int, size: Size) -> Built:
     # Two crashes of different replicas, each a ~24 s cold start with its in-flight
     # requests retried: the backlog lands on the survivors.
     d = size.duration_s
-    w = _conv_like(seed, "replica-failure", size, FAIL_UTIL, MODEL_8B, _h100s(size.base_units))
+    w = _stretch(seed, "replica-failure", size, FAIL_UTIL, MODEL_8B, _h100s(size.base_units))
     events = (
         ClusterEvent(at_s=round(0.25 * d, 3), kind="fail_replica", replica=0),
         ClusterEvent(at_s=round(0.60 * d, 3), kind="fail_replica", replica=1),
@@ -200,7 +196,7 @@ def _pairs(units: int) -> tuple[ReplicaSpec, ...]:
 def mixed_pool(seed: int, size: Size) -> Built:
     # One unit = one H100 + one A100 replica; the A100 has ~1/3 of the H100's
     # throughput, so an even split overloads the A100s long before the H100s.
-    w = _conv_like(seed, "mixed-pool", size, MIXED_UTIL, MODEL_8B, _pairs(size.base_units))
+    w = _stretch(seed, "mixed-pool", size, MIXED_UTIL, MODEL_8B, _pairs(size.base_units))
     cluster = ClusterSpec(
         model=MODEL_8B,
         gpus={"H100": size.units, "A100": size.units},
@@ -214,13 +210,8 @@ def prefix_heavy(seed: int, size: Size) -> Built:
     # H100 holds ~450k KV tokens of llama-3-8b, so every request fits but only ~30
     # long prompts do at once. Multi-turn conversations reuse prefixes, so where a
     # request lands decides whether its prefill is mostly cached.
-    w = trace_segment(
-        trace("mooncake"),
-        at_utilization(MOON_UTIL.of(size.split), MODEL_8B, _h100s(size.base_units)),
-        size.duration_s,
-        rng_stream(seed, "prefix-heavy", "segment"),
-        size.split,
-    )
+    specs = _h100s(size.base_units)
+    w = _stretch(seed, "prefix-heavy", size, MOON_UTIL, MODEL_8B, specs, "mooncake")
     # TTFT 2 s cannot be met even unloaded for prompts past ~40k tokens (prefill alone
     # takes longer); 5 s keeps the SLO about queueing and caching, not prompt length.
     return w, _homogeneous(MODEL_8B, "H100", 1, size.units), (), SLO(ttft_s=5.0, tpot_s=0.1)
@@ -234,7 +225,7 @@ def slow_ramp(seed: int, size: Size) -> Built:
     mid = (RAMP_LO + RAMP_HI) / 2
     # The flat stretch runs at the ramp's mean load and lasts as long as the ramp.
     load = mid * RAMP_LOAD.of(size.split)
-    flat = _conv_like(seed, "slow-ramp", size, load, MODEL_8B, _h100s(size.base_units))
+    flat = _stretch(seed, "slow-ramp", size, load, MODEL_8B, _h100s(size.base_units))
     w = time_slice(ramp(flat, RAMP_LO / mid, RAMP_HI / mid), 0.0, d)
     cluster = _homogeneous(MODEL_8B, "H100", 1, size.units, spare=size.units)
     return w, cluster, (), SLO()
@@ -247,7 +238,7 @@ def _tp_pair(units: int) -> tuple[ReplicaSpec, ...]:
 def llama70b_tp(seed: int, size: Size) -> Built:
     # One TP8 (8 GPUs) and one TP4 (4 GPUs) llama-3-70b replica: the TP8 one is ~1.5x
     # faster, so splitting requests evenly overloads the TP4 one. One unit = the pair.
-    w = _conv_like(seed, "llama70b-tp", size, TP_UTIL, MODEL_70B, _tp_pair(size.base_units))
+    w = _stretch(seed, "llama70b-tp", size, TP_UTIL, MODEL_70B, _tp_pair(size.base_units))
     cluster = ClusterSpec(
         model=MODEL_70B, gpus={"H100": 12 * size.units}, plan=Plan(_tp_pair(size.units))
     )
